@@ -1,0 +1,167 @@
+"""``notifier``: one console script for every process of the product."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from worker import logs, settings as settings_module, topics
+from worker.settings import Settings, SettingsError
+
+log = logging.getLogger("worker.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("worker", help="the stream processor (Faust)")
+    commands.add_parser("senders", help="the channel senders")
+    commands.add_parser("sinks", help="local stand-ins for the providers (SMTP, HTTP APIs)")
+    broker = commands.add_parser("broker", help="the embedded single-node Apache Kafka broker")
+    broker.add_argument("--port", type=int, default=None, help="listener port (default: from "
+                        "NOTIFIER_KAFKA_BOOTSTRAP, else 9092)")
+    broker.add_argument("--data", type=Path, default=Path("var/broker"), help="data folder")
+    dev = commands.add_parser("dev", help="broker, worker, senders, sinks and a simulated stream")
+    dev.add_argument("--orders", type=int, default=10_000, help="orders to simulate")
+    dev.add_argument("--rate", type=float, default=2.0, help="input events per second")
+    simulate = commands.add_parser("simulate", help="produce a synthetic order stream")
+    simulate.add_argument("--orders", type=int, default=1000)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--rate", type=float, default=0.0, help="events per second; 0: max")
+    simulate.add_argument("--start", type=datetime.fromisoformat, default=None,
+                          help="time of the first order (RFC 3339); default now")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = settings_module.load()
+    except SettingsError as error:
+        print(f"notifier: bad setting: {error}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.log_format)
+    runner = {
+        "worker": run_worker, "senders": run_senders, "sinks": run_sinks, "broker": run_broker,
+        "dev": run_dev, "simulate": run_simulate,
+    }[args.command]
+    try:
+        return runner(settings, args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _prepare(settings: Settings, what: str) -> None:
+    await topics.wait_for_broker(settings, what=what)
+    created = await topics.ensure(settings)
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from faust.worker import Worker
+
+    from worker.stream import build_app
+
+    asyncio.run(_prepare(settings, "worker"))
+    app = build_app(settings)
+    worker = Worker(app, quiet=True, loglevel=settings.log_level,
+                    logging_config=logs.logging_config(settings.log_level, settings.log_format))
+    worker.execute_from_commandline()
+    return 0
+
+
+def run_senders(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.senders.service import SendersService, serve_web
+
+    async def serve() -> None:
+        await _prepare(settings, "senders")
+        web = await serve_web(settings)
+        try:
+            await _until_signalled(SendersService(settings).run())
+        finally:
+            await web.cleanup()
+
+    asyncio.run(serve())
+    return 0
+
+
+def run_sinks(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import sinks
+
+    async def serve() -> None:
+        servers = await sinks.serve(settings)
+        try:
+            await _until_signalled(None)
+        finally:
+            for server in servers:
+                if hasattr(server, "cleanup"):
+                    await server.cleanup()
+                else:
+                    server.close()
+
+    asyncio.run(serve())
+    return 0
+
+
+def run_broker(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.broker import BrokerError, EmbeddedBroker
+
+    port = args.port or int(settings.kafka_servers[0].rpartition(":")[2])
+    broker = EmbeddedBroker(settings.kafka_libs, args.data, port=port)
+    try:
+        bootstrap = broker.start()
+    except BrokerError as error:
+        print(f"notifier broker: {error}", file=sys.stderr)
+        return 1
+    print(f"Kafka broker ready at {bootstrap} (data in {args.data}); Ctrl-C stops it.", flush=True)
+    try:
+        asyncio.run(_until_signalled(None))
+    finally:
+        broker.stop()
+        print("Kafka broker stopped.", flush=True)
+    return 0
+
+
+def run_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.dev import run
+
+    return run(settings, orders=args.orders, rate=args.rate)
+
+
+def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import simulate
+
+    start = args.start or datetime.now(UTC)
+    records = simulate.orders(settings, count=args.orders, seed=args.seed, start=start)
+
+    async def feed() -> int:
+        await _prepare(settings, "simulate")
+        return await simulate.produce(settings, records, rate=args.rate)
+
+    sent = asyncio.run(feed())
+    print(f"simulate: {sent} events produced to {settings.kafka_bootstrap}", flush=True)
+    return 0
+
+
+async def _until_signalled(task: object) -> None:
+    """Run ``task`` (a coroutine, or nothing) until it ends or SIGINT/SIGTERM arrives."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if task is not None:
+        waiters.append(asyncio.ensure_future(task))  # type: ignore[arg-type]
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for future in pending:
+        future.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for future in done:
+        future.result()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

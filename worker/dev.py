@@ -1,0 +1,108 @@
+"""``notifier dev``: everything on one machine, for `make run`.
+
+Starts the embedded broker (unless ``NOTIFIER_KAFKA_BOOTSTRAP`` names a cluster), the
+sinks, the worker and the senders as child processes, feeds a simulated stream of
+orders, and prints one line per notification outcome as it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from worker import simulate, topics
+from worker.broker import BrokerError, EmbeddedBroker, port_open
+from worker.settings import Settings
+
+DEV_DIR = Path("var/dev")
+MARKS = {"notification.sent": "sent", "notification.failed": "FAILED",
+         "notification.suppressed": "suppressed"}
+
+
+def run(settings: Settings, *, orders: int, rate: float) -> int:
+    shutil.rmtree(DEV_DIR, ignore_errors=True)
+    (DEV_DIR / "logs").mkdir(parents=True)
+    broker = None
+    env = dict(os.environ, NOTIFIER_OUTBOX=str(DEV_DIR / "outbox.jsonl"))
+    if "NOTIFIER_KAFKA_BOOTSTRAP" not in os.environ:
+        port = 9092 if not port_open(9092) else None
+        broker = EmbeddedBroker(settings.kafka_libs, DEV_DIR / "broker", port=port)
+        say("starting the embedded Apache Kafka broker...")
+        try:
+            env["NOTIFIER_KAFKA_BOOTSTRAP"] = broker.start()
+        except BrokerError as error:
+            say(f"cannot start the local broker: {error}")
+            return 1
+        say(f"broker ready at {broker.bootstrap}")
+    settings = Settings(**{**settings.__dict__, "kafka_bootstrap": env["NOTIFIER_KAFKA_BOOTSTRAP"],
+                           "outbox": Path(env["NOTIFIER_OUTBOX"])})
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        asyncio.run(topics.ensure(settings))
+        for command in ("sinks", "worker", "senders"):
+            log_file = (DEV_DIR / "logs" / f"{command}.log").open("wb")
+            children.append(subprocess.Popen([sys.executable, "-m", "worker", command], env=env,
+                                             stdout=log_file, stderr=subprocess.STDOUT))
+        say(f"sinks inbox:  http://127.0.0.1:{settings.sinks_web_port}/  "
+            f"(outbox file {settings.outbox})")
+        say(f"metrics:      http://127.0.0.1:{settings.web_port}/metrics (worker), "
+            f"http://127.0.0.1:{settings.senders_web_port}/metrics (senders)")
+        say(f"process logs: {DEV_DIR / 'logs'}/   Ctrl-C stops everything.")
+        asyncio.run(_feed_and_watch(settings, orders=orders, rate=rate, children=children))
+    except KeyboardInterrupt:
+        say("stopping...")
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if broker:
+            broker.stop()
+    return 0
+
+
+async def _feed_and_watch(settings: Settings, *, orders: int, rate: float,
+                          children: list[subprocess.Popen[bytes]]) -> None:
+    records = simulate.orders(settings, count=orders, seed=int(time.time()) % 1000,
+                              start=datetime.now(UTC), spacing=_spacing(rate))
+    feeder = asyncio.create_task(simulate.produce(settings, records, rate=rate, progress=False))
+    consumer = AIOKafkaConsumer(settings.topics.sent, bootstrap_servers=settings.kafka_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    say(f"feeding {orders} simulated orders at {rate:g} events/s; notifications appear below")
+    try:
+        async for record in consumer:
+            for child in children:
+                if child.poll() is not None:
+                    say(f"a child process exited with code {child.returncode}; see {DEV_DIR}/logs")
+                    return
+            headers = {k: v.decode() for k, v in record.headers}
+            n = orjson.loads(record.value)
+            mark = MARKS.get(headers.get("ce_type", ""), "?")
+            detail = n.get("reason") or f"{n.get('latency_ms', 0)} ms"
+            say(f"{mark:<10} {n['kind']:<16} {n['channel']:<7} order {n['order_id']}  "
+                f"customer {n['customer_id']}  ({detail})")
+    finally:
+        feeder.cancel()
+        await consumer.stop()
+
+
+def _spacing(rate: float) -> "simulate.timedelta":
+    # Two events per order; keep simulated order times close to real time.
+    return simulate.timedelta(seconds=2 / rate if rate else 0)
+
+
+def say(line: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {line}", flush=True)

@@ -1,0 +1,57 @@
+"""Prometheus metrics. Labels are bounded: topic, event type, reason, kind, channel, provider."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+
+registry = CollectorRegistry()
+
+build_info = Info("notifier_build", "Version of the running program", registry=registry)
+events_consumed = Counter(
+    "notifier_events_consumed_total", "Input events read", ["topic", "type"], registry=registry
+)
+invalid_inputs = Counter(
+    "notifier_invalid_inputs_total", "Inputs that could not be used", ["topic", "reason"],
+    registry=registry,
+)
+dlq_writes = Counter(
+    "notifier_dlq_writes_total", "Records written to the dead-letter topic", ["topic"],
+    registry=registry,
+)
+duplicates = Counter(
+    "notifier_duplicate_events_total", "Inputs seen before, with no second effect", ["topic"],
+    registry=registry,
+)
+decided = Counter(
+    "notifier_notifications_decided_total", "Notifications decided by the order stage", ["kind"],
+    registry=registry,
+)
+dispatched = Counter(
+    "notifier_notifications_dispatched_total", "Notification commands sent to a channel",
+    ["kind", "channel"], registry=registry,
+)
+suppressed = Counter(
+    "notifier_notifications_suppressed_total", "Notifications not sent, by reason",
+    ["kind", "reason"], registry=registry,
+)
+outcomes = Counter(
+    "notifier_notifications_total", "Final outcomes of notifications at the senders",
+    ["kind", "channel", "outcome"], registry=registry,
+)
+provider_calls = Counter(
+    "notifier_provider_calls_total", "Calls to providers", ["provider", "outcome"],
+    registry=registry,
+)
+send_seconds = Histogram(
+    "notifier_send_duration_seconds", "Time of one provider call", ["provider"], registry=registry,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+event_to_send_seconds = Histogram(
+    "notifier_event_to_send_seconds", "From the causing input's arrival to provider acceptance",
+    ["channel"], registry=registry,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def exposition() -> bytes:
+    return generate_latest(registry)

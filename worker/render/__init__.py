@@ -1,0 +1,118 @@
+"""Message rendering: Jinja2 templates with the i18n extension and Babel catalogs.
+
+One template per kind under ``templates/``, each with the blocks ``subject``,
+``text`` and ``body`` (the HTML inside the shared email layout). Catalogs are the
+``.po`` files under ``locale/``, read at start (no compile step).
+"""
+
+from __future__ import annotations
+
+import functools
+import gettext
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from babel import dates, numbers
+from babel.messages.pofile import read_po
+from markupsafe import Markup
+
+HERE = Path(__file__).resolve().parent
+CATALOGS = ("en", "zh_CN", "zh_TW")
+_TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")
+
+
+def catalog_locale(tag: str | None, fallback: str = "en") -> str:
+    """Map a BCP 47 tag (``zh-CN``, ``zh-Hant-HK``, ``en-GB``…) to one of our catalogs."""
+    t = (tag or "").replace("_", "-").lower()
+    if t.startswith("zh"):
+        return "zh_TW" if t.startswith(_TRADITIONAL) else "zh_CN"
+    if t.startswith("en"):
+        return "en"
+    return catalog_locale(fallback) if fallback and fallback != tag else "en"
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    subject: str
+    text: str
+    html: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"subject": self.subject, "text": self.text, "html": self.html}
+
+
+def render(kind: str, locale: str, timezone: str, facts: dict[str, Any]) -> Content:
+    """Render one notification in the catalog ``locale`` (see :func:`catalog_locale`)."""
+    plain, html = _environment(locale, timezone, False), _environment(locale, timezone, True)
+    subject = _block(plain, kind, "subject", facts)
+    body = Markup(_block(html, kind, "body", facts))  # already escaped
+    page = html.get_template("_layout.html.j2").render(facts, body=body, subject=subject)
+    return Content(subject=subject, text=_block(plain, kind, "text", facts) + "\n", html=page)
+
+
+def _block(env: jinja2.Environment, kind: str, name: str, facts: dict[str, Any]) -> str:
+    template = env.get_template(f"{kind}.j2")
+    return "".join(template.blocks[name](template.new_context(facts))).strip()
+
+
+class _PoTranslations(gettext.NullTranslations):
+    def __init__(self, messages: dict[str, str]) -> None:
+        super().__init__()
+        self._messages = messages
+
+    def gettext(self, message: str) -> str:
+        return self._messages.get(message) or message
+
+    def ngettext(self, singular: str, plural: str, n: int) -> str:
+        return self.gettext(singular if n == 1 else plural)
+
+
+@functools.cache
+def _translations(locale: str) -> gettext.NullTranslations:
+    po = HERE / "locale" / locale / "LC_MESSAGES" / "messages.po"
+    if not po.is_file():
+        return gettext.NullTranslations()
+    with po.open("rb") as fp:
+        catalog = read_po(fp, locale=locale)
+    return _PoTranslations({m.id: m.string for m in catalog if m.id and m.string and not m.fuzzy})
+
+
+@functools.cache
+def _environment(locale: str, timezone: str, html: bool) -> jinja2.Environment:
+    """One environment per language, zone and output kind; HTML output is autoescaped."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        extensions=["jinja2.ext.i18n"],
+        autoescape=html,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.install_gettext_translations(_translations(locale), newstyle=True)  # type: ignore[attr-defined]
+    zone = _zone(timezone)
+    env.filters["date"] = lambda value: dates.format_date(_at(value, zone), "long", locale=locale)
+    env.filters["datetime"] = lambda value: dates.format_datetime(
+        _at(value, zone), "medium", tzinfo=zone, locale=locale
+    )
+    env.filters["money"] = lambda m: numbers.format_currency(
+        Decimal(m["amount"]), m["currency"], locale=locale
+    )
+    env.globals["locale"] = locale
+    return env
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _at(value: str | datetime, zone: ZoneInfo) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return moment.astimezone(zone)

@@ -1,0 +1,193 @@
+"""One typed settings object, read from ``NOTIFIER_*`` environment variables.
+
+A file named by ``NOTIFIER_ENV_FILE`` (``KEY=VALUE`` lines) may add to them; the
+environment wins. A bad value raises :class:`SettingsError` with one line naming
+the variable and what is allowed; the CLI prints that line and exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "NOTIFIER_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHANNELS = ("email", "sms", "push", "wechat", "webhook", "in_app")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the program cannot use."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    orders: str = "orders.events"
+    tracking: str = "tracking.events"
+    preferences: str = "customers.preferences"
+    engagement: str = "notifications.engagement"
+    dispatch_prefix: str = "notifications.dispatch"
+    sent: str = "notifications.sent"
+    alerts: str = "ops.alerts"
+    dlq: str = "notifications.dlq"
+    intents: str = "notifications.intents"
+
+    def dispatch(self, channel: str) -> str:
+        return f"{self.dispatch_prefix}.{channel}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    clock: str = "wall"
+    rules: Path = PROJECT_ROOT / "worker" / "rules.toml"
+    partitions: int = 4
+    store: str = "memory://"
+    data_dir: Path = Path("var")
+    log_level: str = "info"
+    log_format: str = "json"
+
+    web_port: int = 6066
+    senders_web_port: int = 6067
+    sinks_web_port: int = 6068
+    public_url: str = "http://127.0.0.1:6066"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    email_from: str = "notifications@shop.example"
+    sms_url: str = "http://127.0.0.1:6071"
+    push_url: str = "http://127.0.0.1:6072"
+    wechat_url: str = "http://127.0.0.1:6073"
+    webhook_url: str = "http://127.0.0.1:6074/webhooks"
+    webhook_secret: str = "whsec_b3JkZXItbm90aWZpZXItZGV2ZWxvcG1lbnQta2V5"
+
+    outbox: Path = Path("var/outbox.jsonl")
+    kafka_libs: Path = PROJECT_ROOT / ".cache" / "kafka-libs"
+    max_event_bytes: int = 1024 * 1024
+    tick_seconds: int = 30
+
+    topics: Topics = field(default_factory=Topics)
+
+    @property
+    def kafka_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",")]
+
+    @property
+    def event_clock(self) -> bool:
+        return self.clock == "event"
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "clock": ("wall", "event"),
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("json", "text"),
+}
+_URLS = ("sms_url", "push_url", "wechat_url", "webhook_url", "public_url")
+
+
+def env_names() -> list[str]:
+    """Every variable the program reads, for docs and the manifest cross-check."""
+    names = [PREFIX + f.name.upper() for f in dataclasses.fields(Settings) if f.name != "topics"]
+    names += [f"{PREFIX}TOPIC_{f.name.upper()}" for f in dataclasses.fields(Topics)]
+    return names + [f"{PREFIX}ENV_FILE"]
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    env = dict(os.environ if environ is None else environ)
+    file = env.get(f"{PREFIX}ENV_FILE")
+    if file:
+        env = {**_read_env_file(Path(file)), **env}
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name == "topics":
+            continue
+        name = PREFIX + f.name.upper()
+        if name in env:
+            values[f.name] = _parse(name, env[name], getattr(defaults, f.name))
+    topics = {
+        f.name: _non_empty(f"{PREFIX}TOPIC_{f.name.upper()}", env[f"{PREFIX}TOPIC_{f.name.upper()}"])
+        for f in dataclasses.fields(Topics)
+        if f"{PREFIX}TOPIC_{f.name.upper()}" in env
+    }
+    settings = Settings(**values, topics=Topics(**topics))
+    _check(settings)
+    return settings
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    raw = raw.strip()
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name}={raw!r}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if isinstance(default, Path):
+        return Path(_non_empty(name, raw))
+    return raw
+
+
+def _non_empty(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise SettingsError(f"{name} is empty: give it a value or unset it")
+    return raw.strip()
+
+
+def _check(s: Settings) -> None:
+    for key, allowed in _CHOICES.items():
+        value = getattr(s, key)
+        if value not in allowed:
+            raise SettingsError(
+                f"{PREFIX}{key.upper()}={value!r}: expected one of {', '.join(allowed)}"
+            )
+    if s.tick_seconds < 1:
+        raise SettingsError(f"{PREFIX}TICK_SECONDS={s.tick_seconds}: expected 1 or more")
+    for key in ("web_port", "senders_web_port", "sinks_web_port", "smtp_port"):
+        port = getattr(s, key)
+        if not 0 < port < 65536:
+            raise SettingsError(f"{PREFIX}{key.upper()}={port}: expected a port from 1 to 65535")
+    for key in _URLS:
+        url = urlsplit(getattr(s, key))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SettingsError(
+                f"{PREFIX}{key.upper()}={getattr(s, key)!r}: expected an http(s):// URL with a host"
+            )
+    for server in s.kafka_servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(
+                f"{PREFIX}KAFKA_BOOTSTRAP={s.kafka_bootstrap!r}: expected host:port[,host:port…]"
+            )
+    if not s.webhook_secret.startswith("whsec_"):
+        raise SettingsError(f"{PREFIX}WEBHOOK_SECRET: expected a Standard Webhooks secret (whsec_…)")
+    if s.partitions < 1:
+        raise SettingsError(f"{PREFIX}PARTITIONS={s.partitions}: expected 1 or more")
+    if not s.store.startswith(("memory://", "rocksdb://")):
+        raise SettingsError(f"{PREFIX}STORE={s.store!r}: expected memory:// or rocksdb://")
+    if not s.rules.is_file():
+        raise SettingsError(f"{PREFIX}RULES={str(s.rules)!r}: no such file")
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise SettingsError(f"{PREFIX}ENV_FILE={str(path)!r}: no such file")
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values

@@ -1,0 +1,75 @@
+"""Creates the contract's topics at start, with documented partition counts and configs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from worker.settings import CHANNELS, Settings
+
+log = logging.getLogger("worker.topics")
+
+# Large enough to dead-letter an oversized input with its original value.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def specs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Every topic we rely on and its configs; all share one partition count (co-partitioning)."""
+    t = settings.topics
+    topics: dict[str, dict[str, str]] = {
+        t.orders: {"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        t.tracking: {"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        t.preferences: {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        t.engagement: {"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        t.intents: {},
+        t.sent: {},
+        t.alerts: {},
+        t.dlq: {"max.message.bytes": str(MAX_MESSAGE_BYTES), "retention.ms": str(30 * 86400_000)},
+    }
+    for channel in CHANNELS:
+        topics[t.dispatch(channel)] = {}
+    return topics
+
+
+async def wait_for_broker(settings: Settings, *, what: str, retry_seconds: float = 3.0) -> None:
+    """Block until the broker answers, saying so once per attempt in one clear line."""
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.close()
+            return
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            log.warning(
+                "%s: Kafka broker at %s is unreachable (%s); retrying in %.0f s",
+                what, settings.kafka_bootstrap, type(exc).__name__, retry_seconds,
+            )
+            try:
+                await admin.close()
+            except Exception:  # noqa: BLE001 - best effort on a client that never started
+                pass
+            await asyncio.sleep(retry_seconds)
+
+
+async def ensure(settings: Settings) -> list[str]:
+    """Create missing topics; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.partitions, 1, topic_configs=configs)
+            for name, configs in specs(settings).items()
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another process created them at the same moment
+        return [n.name for n in wanted]
+    finally:
+        await admin.close()
