@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from importlib.metadata import PackageNotFoundError, version
 
+from prometheus_client import (
+    CollectorRegistry, Counter, Histogram, Info, disable_created_metrics, generate_latest,
+)
+
+disable_created_metrics()
 registry = CollectorRegistry()
 
 build_info = Info("notifier_build", "Version of the running program", registry=registry)
+try:
+    build_info.info({"version": version("order-notifier")})
+except PackageNotFoundError:
+    build_info.info({"version": "unknown"})
 events_consumed = Counter(
     "notifier_events_consumed_total", "Input events read", ["topic", "type"], registry=registry
 )

@@ -43,6 +43,7 @@ class Topics:
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "order-notifier"  # Faust app id: consumer group and table changelog prefix
     clock: str = "wall"
     rules: Path = PROJECT_ROOT / "worker" / "rules.toml"
     partitions: int = 4

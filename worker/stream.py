@@ -66,7 +66,7 @@ def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
 
 def build_app(settings: Settings) -> faust.App:
     app = faust.App(
-        "order-notifier",
+        settings.app_id,
         broker=[f"kafka://{s}" for s in settings.kafka_servers],
         store=settings.store,
         topic_partitions=settings.partitions,

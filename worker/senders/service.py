@@ -26,7 +26,6 @@ from worker.settings import Settings
 
 log = logging.getLogger("worker.senders")
 SOURCE = "urn:order-notifier:senders"
-GROUP = "order-notifier-senders"
 MAX_ATTEMPTS = 5
 
 
@@ -43,7 +42,7 @@ class SendersService:
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_servers, acks="all",
                                          linger_ms=2)
         self.consumer = AIOKafkaConsumer(
-            *self.topic_channel, bootstrap_servers=settings.kafka_servers, group_id=GROUP,
+            *self.topic_channel, bootstrap_servers=settings.kafka_servers, group_id=f"{settings.app_id}-senders",
             enable_auto_commit=False, auto_offset_reset="earliest",
         )
 
