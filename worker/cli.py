@@ -66,6 +66,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.stream import build_app
 
     asyncio.run(_prepare(settings, "worker"))
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
     worker = Worker(app, quiet=True, loglevel=settings.log_level,
                     logging_config=logs.logging_config(settings.log_level, settings.log_format))

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker import codec, metrics
+from worker import codec, metrics, topics
 from worker.codec import BadInput
 from worker.senders import PermanentFailure, RetryLater, Sender
 from worker.senders.smtp import EmailSender
@@ -66,28 +66,8 @@ class SendersService:
 
     async def _load_ledger(self) -> None:
         """Read every outcome written so far; their notification ids are never sent again."""
-        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_servers,
-                                  enable_auto_commit=False)
-        await reader.start()
-        try:
-            await reader.topics()  # fetches metadata (and lets the client's tasks start)
-            partitions = reader.partitions_for_topic(self.settings.topics.sent) or set()
-            tps = [TopicPartition(self.settings.topics.sent, p) for p in partitions]
-            if not tps:
-                return
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            while remaining:
-                batches = await reader.getmany(*remaining, timeout_ms=1000)
-                for tp, records in batches.items():
-                    for r in records:
-                        self.ledger.add(orjson.loads(r.value)["notification_id"])
-                    if records and records[-1].offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await reader.stop()
+        for record in await topics.read_all(self.settings.kafka_servers, self.settings.topics.sent):
+            self.ledger.add(orjson.loads(record.value)["notification_id"])
 
     async def _handle(self, record: Any) -> None:
         channel = self.topic_channel[record.topic]

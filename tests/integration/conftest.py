@@ -1,0 +1,124 @@
+"""Integration fixtures: a real Kafka broker per session, real processes per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from worker.broker import EmbeddedBroker, free_port, port_open
+from worker.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory) -> Iterator[str]:
+    broker = EmbeddedBroker(PROJECT_ROOT / ".cache" / "kafka-libs",
+                            tmp_path_factory.mktemp("kafka"))
+    yield broker.start()
+    broker.stop()
+
+
+class Stack:
+    """Settings for one test: its own topics, app id and ports, so tests never share state."""
+
+    def __init__(self, bootstrap: str, workdir: Path) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.workdir = workdir
+        self.outbox = workdir / "outbox.jsonl"
+        self.topics = {name: f"t{run}.{name}" for name in (
+            "orders", "tracking", "preferences", "engagement", "sent", "alerts", "dlq", "intents")}
+        self.dispatch_prefix = f"t{run}.dispatch"
+        self.web_port = free_port()
+        self.env = {
+            **os.environ,
+            "NOTIFIER_KAFKA_BOOTSTRAP": bootstrap,
+            "NOTIFIER_APP_ID": f"notifier-{run}",
+            "NOTIFIER_OUTBOX": str(self.outbox),
+            "NOTIFIER_DATA_DIR": str(workdir / "data"),
+            "NOTIFIER_WEB_PORT": str(self.web_port),
+            "NOTIFIER_SENDERS_WEB_PORT": str(free_port()),
+            "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
+            "NOTIFIER_SMTP_PORT": str(free_port()),
+            "NOTIFIER_TOPIC_DISPATCH_PREFIX": self.dispatch_prefix,
+            **{f"NOTIFIER_TOPIC_{k.upper()}": v for k, v in self.topics.items()},
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, command: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{command}.log").open("ab")
+        process = subprocess.Popen([sys.executable, "-m", "worker", command],
+                                   env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=self.workdir)
+        self.processes[command] = process
+        return process
+
+    def log(self, command: str) -> str:
+        return (self.workdir / f"{command}.log").read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Wait until sinks listen, the senders joined, and the worker's /readyz says ready."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                assert process.poll() is None, f"{name} exited:\n{self.log(name)[-3000:]}"
+            ready = True
+            if "sinks" in self.processes:
+                ready &= port_open(int(self.env["NOTIFIER_SMTP_PORT"]))
+            if "senders" in self.processes:
+                ready &= "senders ready" in self.log("senders")
+            if "worker" in self.processes:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz",
+                                                timeout=2) as answer:
+                        ready &= answer.status == 200
+                except OSError:
+                    ready = False
+            if ready:
+                return
+            time.sleep(0.5)
+        raise TimeoutError("stack not ready:\n" + "\n".join(
+            f"--- {n}\n{self.log(n)[-2000:]}" for n in self.processes))
+
+    def outbox_entries(self) -> list[dict]:
+        if not self.outbox.exists():
+            return []
+        return [orjson.loads(line) for line in self.outbox.read_bytes().splitlines() if line]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def stack(kafka, tmp_path) -> Iterator[Stack]:
+    s = Stack(kafka, tmp_path)
+    yield s
+    s.stop()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
