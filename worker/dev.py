@@ -8,6 +8,7 @@ orders, and prints one line per notification outcome as it happens.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -29,6 +30,9 @@ MARKS = {"notification.sent": "sent", "notification.failed": "FAILED",
 
 
 def run(settings: Settings, *, orders: int, rate: float) -> int:
+    # Our own clients' transient "not leader yet" complaints would drown the live lines;
+    # the child processes keep their full logs under var/dev/logs.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     shutil.rmtree(DEV_DIR, ignore_errors=True)
     (DEV_DIR / "logs").mkdir(parents=True)
     broker = None
@@ -77,26 +81,43 @@ async def _feed_and_watch(settings: Settings, *, orders: int, rate: float,
                           children: list[subprocess.Popen[bytes]]) -> None:
     records = simulate.orders(settings, count=orders, seed=int(time.time()) % 1000,
                               start=datetime.now(UTC), spacing=_spacing(rate))
-    feeder = asyncio.create_task(simulate.produce(settings, records, rate=rate, progress=False))
+    say(f"feeding {orders} simulated orders at {rate:g} events/s; notifications appear below")
+    tasks = [
+        asyncio.create_task(simulate.produce(settings, records, rate=rate, progress=False)),
+        asyncio.create_task(_print_outcomes(settings)),
+        asyncio.create_task(_watch(children)),
+    ]
+    try:
+        await asyncio.wait(tasks[1:], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _print_outcomes(settings: Settings) -> None:
+    """One line per notification outcome, with ids and kinds only (no addresses)."""
     consumer = AIOKafkaConsumer(settings.topics.sent, bootstrap_servers=settings.kafka_servers,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
-    say(f"feeding {orders} simulated orders at {rate:g} events/s; notifications appear below")
     try:
         async for record in consumer:
-            for child in children:
-                if child.poll() is not None:
-                    say(f"a child process exited with code {child.returncode}; see {DEV_DIR}/logs")
-                    return
             headers = {k: v.decode() for k, v in record.headers}
             n = orjson.loads(record.value)
             mark = MARKS.get(headers.get("ce_type", ""), "?")
-            detail = n.get("reason") or f"{n.get('latency_ms', 0)} ms"
+            detail = n.get("reason") or f"{n.get('latency_ms', 0)} ms after the order event"
             say(f"{mark:<10} {n['kind']:<16} {n['channel']:<7} order {n['order_id']}  "
                 f"customer {n['customer_id']}  ({detail})")
     finally:
-        feeder.cancel()
         await consumer.stop()
+
+
+async def _watch(children: list[subprocess.Popen[bytes]]) -> None:
+    while all(child.poll() is None for child in children):
+        await asyncio.sleep(1)
+    dead = next(c for c in children if c.poll() is not None)
+    say(f"`notifier {dead.args[-1]}` exited with code {dead.returncode}; "
+        f"see {DEV_DIR / 'logs'}; stopping")
 
 
 def _spacing(rate: float) -> "simulate.timedelta":

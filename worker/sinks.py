@@ -76,9 +76,9 @@ async def serve(settings: Settings) -> list[Any]:
     app.router.add_get("/outbox.json", _outbox_json(outbox))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings.sinks_web_port).start()
-    log.info("sinks ready: smtp %s:%s, inbox http://127.0.0.1:%s/", settings.smtp_host,
-             settings.smtp_port, settings.sinks_web_port)
+    await web.TCPSite(runner, settings.smtp_host, settings.sinks_web_port).start()
+    log.info("sinks ready: smtp %s:%s, inbox http://%s:%s/", settings.smtp_host,
+             settings.smtp_port, settings.smtp_host, settings.sinks_web_port)
     return [smtp, runner]
 
 

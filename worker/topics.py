@@ -72,9 +72,23 @@ async def ensure(settings: Settings) -> list[str]:
                 await admin.create_topics(wanted)
             except TopicAlreadyExistsError:
                 pass  # another process created them at the same moment
+            await _wait_for_leaders(admin, [n.name for n in wanted])
         return [n.name for n in wanted]
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str],
+                            timeout: float = 30.0) -> None:
+    """New partitions answer 'not leader' for a moment; wait so clients start quietly."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        described = await admin.describe_topics(names)
+        if all(p["leader"] >= 0 for t in described for p in t["partitions"]) and all(
+            t["partitions"] for t in described
+        ):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def read_all(servers: list[str] | str, topic: str) -> list[Any]:
