@@ -98,10 +98,12 @@ class EmbeddedBroker:
                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}", "-cp", classpath]
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            subprocess.run(
+            formatted = subprocess.run(
                 [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
-                check=True, capture_output=True,
+                capture_output=True, text=True,
             )
+            if formatted.returncode != 0:
+                raise BrokerError(f"formatting {data} failed: {formatted.stderr.strip()[-500:]}")
         out = (self.workdir / "broker.out").open("ab")
         self.process = subprocess.Popen([*jvm, "kafka.Kafka", str(properties)],
                                         stdout=out, stderr=subprocess.STDOUT)

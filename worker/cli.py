@@ -108,21 +108,28 @@ def run_sinks(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_broker(settings: Settings, args: argparse.Namespace) -> int:
+    import threading
+
     from worker.broker import BrokerError, EmbeddedBroker
 
+    # Handlers first, so a signal that arrives at any moment still stops the broker cleanly.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     port = args.port or int(settings.kafka_servers[0].rpartition(":")[2])
     broker = EmbeddedBroker(settings.kafka_libs, args.data, port=port)
     try:
         bootstrap = broker.start()
+        print(f"Kafka broker ready at {bootstrap} (data in {args.data}); Ctrl-C stops it.",
+              flush=True)
+        while not stop.wait(0.5):
+            pass
     except BrokerError as error:
         print(f"notifier broker: {error}", file=sys.stderr)
         return 1
-    print(f"Kafka broker ready at {bootstrap} (data in {args.data}); Ctrl-C stops it.", flush=True)
-    try:
-        asyncio.run(_until_signalled(None))
     finally:
         broker.stop()
-        print("Kafka broker stopped.", flush=True)
+    print("Kafka broker stopped.", flush=True)
     return 0
 
 

@@ -62,6 +62,9 @@ def test_broker_command_starts_prints_and_stops(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = process.stdout.readline()
+        if "ready" not in first:
+            process.kill()
+            pytest.fail(first + process.communicate(timeout=30)[0])
         assert f"Kafka broker ready at 127.0.0.1:{port}" in first
         assert port_open(port)
     finally:
