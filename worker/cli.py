@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--orders", type=int, default=1000)
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--rate", type=float, default=0.0, help="events per second; 0: max")
+    simulate.add_argument("--days", type=float, default=14,
+                          help="event-time span of the whole lifecycles (for NOTIFIER_CLOCK=event)")
     simulate.add_argument("--start", type=datetime.fromisoformat, default=None,
                           help="time of the first order (RFC 3339); default now")
     args = parser.parse_args(argv)
@@ -143,7 +145,8 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from worker import simulate
 
     start = args.start or datetime.now(UTC)
-    records = simulate.orders(settings, count=args.orders, seed=args.seed, start=start)
+    records = simulate.stories(settings, count=args.orders, seed=args.seed, start=start,
+                               days=args.days)
 
     async def feed() -> int:
         await _prepare(settings, "simulate")

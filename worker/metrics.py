@@ -64,3 +64,16 @@ event_to_send_seconds = Histogram(
 
 def exposition() -> bytes:
     return generate_latest(registry)
+held = Counter(
+    "notifier_notifications_held_total",
+    "Notifications held for quiet hours or the gap between updates of one order", ["kind"],
+    registry=registry,
+)
+alerts_raised = Counter(
+    "notifier_alerts_total", "Alerts written to ops.alerts", ["type"], registry=registry,
+)
+unknown_statuses = Counter(
+    "notifier_unknown_carrier_status_total",
+    "Checkpoints whose carrier status code has no mapping (kept, milestone unchanged)",
+    ["source"], registry=registry,
+)

@@ -72,7 +72,7 @@ class Settings:
     outbox: Path = Path("var/outbox.jsonl")
     kafka_libs: Path = PROJECT_ROOT / ".cache" / "kafka-libs"
     max_event_bytes: int = 1024 * 1024
-    tick_seconds: int = 30
+    tick_seconds: int = 1
 
     topics: Topics = field(default_factory=Topics)
 

@@ -13,8 +13,10 @@ with its reason and the stream goes on (Faust would otherwise ack and skip it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tomllib
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +25,14 @@ import orjson
 from aiohttp import web
 
 from worker import codec, metrics
+from worker.agenda import Agenda
 from worker.codec import BadInput
 from worker.domain import customer, order
 from worker.domain.clock import Clock
 from worker.domain.envelope import Envelope
 from worker.domain.notification import Intent
-from worker.domain.rules import Rules, parse
+from worker.domain.milestones import carrier_table
+from worker.domain.rules import CHANNELS, Rules, parse
 from worker.render import catalog_locale, render
 from worker.settings import Settings
 
@@ -43,6 +47,7 @@ ORDER_TYPES = frozenset(
 )
 TRACKING_TYPES = frozenset({"tracking.updated", "clock.tick"})
 PREFERENCE_TYPES = frozenset({"customer.preferences_updated"})
+KNOWN_SOURCES = frozenset(carrier_table())
 
 
 def load_rules(settings: Settings) -> Rules:
@@ -96,12 +101,17 @@ class Pipeline:
         self.intents = raw_topic(app, t.intents)
         self.tracking = raw_topic(app, t.tracking)
         self.sent = raw_topic(app, t.sent)
+        self.alerts = raw_topic(app, t.alerts)
         self.dlq = raw_topic(app, t.dlq)
-        self.dispatch = {c: raw_topic(app, t.dispatch(c)) for c in self.rules_channels()}
+        self.dispatch = {c: raw_topic(app, t.dispatch(c)) for c in CHANNELS}
+        # Each stage has its own tables: the stages' partitions may live on different workers.
         self.orders = raw_table(app, "orders", n)
-        self.customers = raw_table(app, "customers", n)
+        self.order_agenda = Agenda(raw_table(app, "order_agenda", n), "wake")
         self.clock_marks = raw_table(app, "clock", n)
         self.clock = Clock(event_mode=settings.event_clock)
+        self.customers = raw_table(app, "customers", n)
+        self.customer_agenda = Agenda(raw_table(app, "customer_agenda", n), "release")
+        self.watermarks = raw_table(app, "watermarks", n)
 
         app.agent(self.order_inputs, name="order_stage")(self._order_stage)
         app.agent(self.customer_inputs, name="customer_stage")(self._customer_stage)
@@ -109,9 +119,6 @@ class Pipeline:
         app.page("/metrics")(self._metrics)
         app.page("/healthz")(self._healthz)
         app.page("/readyz")(self._readyz)
-
-    def rules_channels(self) -> set[str]:
-        return {c for rule in self.rules.kinds.values() for c in rule.channels}
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -152,52 +159,98 @@ class Pipeline:
         envelope = codec.decode(m.key, m.value, m.headers, accepted_types=accepted,
                                 max_bytes=self.settings.max_event_bytes)
         metrics.events_consumed.labels(m.topic, envelope.type).inc()
-        now = self._advance_clock(m.partition, envelope)
+        now = self._advance_clock(self.clock, self.clock_marks, m.partition, _event_time(envelope))
         if envelope.type == "clock.tick":
+            for order_id in self.order_agenda.pop_due(m.partition, now):
+                await self._wake_order(m.partition, order_id, now)
+            await self._forward_tick(m.partition, now)
             return
-        if envelope.data["order_id"] != m.key.decode("utf-8", "replace"):
+        order_id = envelope.data["order_id"]
+        if order_id != m.key.decode("utf-8", "replace"):
             raise BadInput("wrong_key", "record key differs from data.order_id")
-        previous = self.orders.get(m.key)
-        state = order.OrderState.from_dict(orjson.loads(previous)) if previous else None
-        outcome = order.apply(state, envelope, now=now, received_at=_wall_now(), rules=self.rules)
-        if outcome.duplicate:
+        applied = order.apply(self._order(order_id), envelope, received_at=_wall_now())
+        if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
             return
-        # Intents are acknowledged before the state that remembers them is written, so a
-        # crash in between repeats the intents (same ids, de-duplicated downstream)
-        # instead of losing them.
-        for intent in outcome.intents:
-            metrics.decided.labels(intent.kind).inc()
-            await self._publish(self.intents, intent.customer_id, "notification.intended",
-                                intent.notification_id, intent.order_id, intent)
-        self.orders[m.key] = orjson.dumps(outcome.state.to_dict())
+        if applied.unknown_status:
+            source = applied.unknown_status.split(":")[0]
+            metrics.unknown_statuses.labels(source if source in KNOWN_SOURCES else "other").inc()
+            log.info("unknown carrier status %s kept", applied.unknown_status,
+                     extra={"order_id": order_id})
+        self.orders[order_id.encode()] = orjson.dumps(applied.state.to_dict())
+        # Decisions wait for the partition's next tick, so checkpoints that arrive together
+        # in any order (an aggregator's backfill) are judged together.
+        self.order_agenda.add(m.partition, now, order_id)
 
-    def _advance_clock(self, partition: int, envelope: Envelope) -> datetime:
-        when = envelope.time
-        if envelope.type == "clock.tick":
-            when = datetime.fromisoformat(envelope.data["now"])
+    async def _wake_order(self, partition: int, order_id: str, now: datetime) -> None:
+        state = self._order(order_id)
+        if state is None:
+            return
+        decisions = order.wake(state, now, self.rules)
+        # What was decided is acknowledged by the broker before the state that remembers it
+        # is written: a crash in between repeats the decisions (same ids, de-duplicated
+        # downstream) instead of losing them.
+        pending = []
+        for intent in decisions.intents:
+            metrics.decided.labels(intent.kind).inc()
+            pending.append(self._send(self.intents, intent.customer_id, "notification.intended",
+                                      intent.notification_id, intent.order_id, asdict(intent)))
+        for alert in decisions.alerts:
+            metrics.alerts_raised.labels(alert.type).inc()
+            pending.append(self._send(self.alerts, alert.key, alert.type, alert.alert_id,
+                                      alert.order_id or alert.key, alert.data()))
+        await asyncio.gather(*pending)
+        self.orders[order_id.encode()] = orjson.dumps(decisions.state.to_dict())
+        if upcoming := order.next_wake(decisions.state, self.rules):
+            self.order_agenda.add(partition, datetime.fromisoformat(upcoming), order_id)
+
+    def _order(self, order_id: str) -> order.OrderState | None:
+        saved = self.orders.get(order_id.encode())
+        return order.OrderState.from_dict(orjson.loads(saved)) if saved else None
+
+    def _advance_clock(self, clock: Clock, marks: faust.Table, partition: int,
+                       when: datetime | None) -> datetime:
+        """Now for this partition; in event mode its high-water mark, kept in a table."""
         mark_key = str(partition).encode()
-        if partition not in self.clock.high_water and (saved := self.clock_marks.get(mark_key)):
-            self.clock.observe(partition, datetime.fromisoformat(saved.decode()))
-        before = self.clock.high_water.get(partition)
-        self.clock.observe(partition, when)
-        after = self.clock.high_water.get(partition)
+        if partition not in clock.high_water and (saved := marks.get(mark_key)):
+            clock.observe(partition, datetime.fromisoformat(saved.decode()))
+        before = clock.high_water.get(partition)
+        clock.observe(partition, when)
+        after = clock.high_water.get(partition)
         if self.settings.event_clock and after is not None and after != before:
-            self.clock_marks[mark_key] = after.isoformat().encode()
-        return self.clock.now(partition, _wall_now())
+            marks[mark_key] = after.isoformat().encode()
+        return clock.now(partition, _wall_now())
+
+    async def _tick(self, topic: faust.TopicT, partition: int, now: datetime,
+                    source_partition: int | None = None) -> None:
+        data: dict[str, Any] = {"now": now.isoformat()}
+        if source_partition is not None:
+            data["source_partition"] = source_partition
+        value, headers = codec.encode(
+            event_type="clock.tick", event_id=f"tick-{now.isoformat()}-p{partition}",
+            source=SOURCE, time=now, data=data,
+        )
+        await topic.send(key=f"tick-{partition}".encode(), value=value, headers=headers,
+                         partition=partition, force=True)
+
+    async def _forward_tick(self, partition: int, now: datetime) -> None:
+        """Tell every customer partition how far this order partition has got.
+
+        Sent after this partition's intents up to ``now``, so a customer partition that
+        has heard ``now`` from every order partition has every intent decided by then:
+        its watermark. Held notifications are released by the watermark, so an
+        `order_cancelled` decided on another partition is never overtaken.
+        """
+        await asyncio.gather(*(self._tick(self.intents, q, now, source_partition=partition)
+                               for q in range(self.settings.partitions)))
 
     async def _publish_wall_tick(self) -> None:
-        """Wall-clock mode: tick every partition so time-driven work runs without input."""
+        """Wall-clock mode: tick every partition so decisions and timers run without input."""
         if self.settings.event_clock:
             return
         now = _wall_now()
         for partition in range(self.settings.partitions):
-            value, headers = codec.encode(
-                event_type="clock.tick", event_id=f"tick-{now.isoformat()}-p{partition}",
-                source=SOURCE, time=now, data={"now": now.isoformat()},
-            )
-            await self.tracking.send(key=f"tick-{partition}".encode(), value=value,
-                                     headers=headers, partition=partition)
+            await self._tick(self.tracking, partition, now)
 
     # -- customer stage -------------------------------------------------------------------
 
@@ -206,27 +259,73 @@ class Pipeline:
         if m.topic == self.settings.topics.preferences:
             await self._on_preferences(m)
             return
-        intent = Intent.from_dict(orjson.loads(m.value))
-        metrics.events_consumed.labels(m.topic, "notification.intended").inc()
-        saved = self.customers.get(m.key)
-        preferences = orjson.loads(saved) if saved else None
-        choice = customer.route(intent, preferences, self.rules,
-                                webhook_url=self.settings.webhook_url)
-        if isinstance(choice, customer.Suppressed):
-            await self._suppress(intent, choice.reason)
+        event_type = _header(m.headers, "ce_type")
+        metrics.events_consumed.labels(m.topic, event_type).inc()
+        data = orjson.loads(m.value)
+        if event_type == "clock.tick":
+            now = self._watermark(m.partition, data)
+            if now is None:
+                return
+            for customer_id in self.customer_agenda.pop_due(m.partition, now):
+                state = self._customer(customer_id)
+                if state is not None:
+                    actions = customer.release(state, now, self.rules, self.settings.webhook_url)
+                    await self._settle_customer(m.partition, state, actions)
             return
-        facts = {**intent.facts, "order_id": intent.order_id, "tracking_url": self._tracking_url(intent)}
-        locale = catalog_locale(choice.locale, self.rules.fallback_locale)
-        content = render(intent.kind, locale, choice.timezone, facts)
+        intent = Intent.from_dict(data)
+        # Judged at the moment the order stage decided it: the same input gives the same
+        # answer however the two stages' partitions interleave.
+        now = datetime.fromisoformat(intent.created_at)
+        state = self._customer(intent.customer_id) or customer.CustomerState(intent.customer_id)
+        customer.prune(state, now, self.rules)
+        actions = customer.decide(state, intent, now, self.rules, self.settings.webhook_url)
+        await self._settle_customer(m.partition, state, actions)
+
+    def _watermark(self, partition: int, tick: dict[str, Any]) -> datetime | None:
+        """The time every order partition has reached, as far as this partition has heard."""
+        source = tick.get("source_partition", partition)
+        key = f"{partition}:{source}".encode()
+        saved = self.watermarks.get(key)
+        if saved is None or datetime.fromisoformat(saved.decode()) < datetime.fromisoformat(tick["now"]):
+            self.watermarks[key] = tick["now"].encode()
+        heard = [self.watermarks.get(f"{partition}:{q}".encode())
+                 for q in range(self.settings.partitions)]
+        if None in heard:
+            return None
+        return min(datetime.fromisoformat(h.decode()) for h in heard if h is not None)
+
+    async def _settle_customer(self, partition: int, state: customer.CustomerState,
+                               actions: list[customer.Action]) -> None:
+        """Carry out the actions, then write the state that remembers them."""
+        await asyncio.gather(*(self._carry_out(a) for a in actions))
+        self.customers[state.customer_id.encode()] = orjson.dumps(state.to_dict())
+        if state.next_release:
+            self.customer_agenda.add(partition, datetime.fromisoformat(state.next_release),
+                                     state.customer_id)
+
+    async def _carry_out(self, action: customer.Action) -> None:
+        intent = action.intent
+        if isinstance(action, customer.Suppress):
+            await self._suppress(intent, action.reason)
+        elif isinstance(action, customer.Hold):
+            metrics.held.labels(intent.kind).inc()
+        else:
+            await asyncio.gather(*(self._dispatch(intent, r) for r in action.routes))
+
+    async def _dispatch(self, intent: Intent, route: customer.Route) -> None:
+        facts = {**intent.facts, "order_id": intent.order_id,
+                 "tracking_url": self._tracking_url(intent)}
+        locale = catalog_locale(route.locale, self.rules.fallback_locale)
+        content = render(intent.kind, locale, route.timezone, facts)
         command = {
-            "notification_id": intent.notification_id,
+            "notification_id": route.notification_id,
             "kind": intent.kind,
             "priority": intent.priority,
             "order_id": intent.order_id,
             "customer_id": intent.customer_id,
-            "channel": choice.channel,
-            "locale": choice.locale or locale.replace("_", "-"),
-            "recipient": choice.recipient,
+            "channel": route.channel,
+            "locale": route.locale or locale.replace("_", "-"),
+            "recipient": route.recipient,
             "content": content.as_dict(),
             "tracking_url": facts["tracking_url"],
             "created_at": intent.created_at,
@@ -236,23 +335,35 @@ class Pipeline:
         for optional in ("shipment_id", "not_before", "expires_at"):
             if getattr(intent, optional):
                 command[optional] = getattr(intent, optional)
-        metrics.dispatched.labels(intent.kind, choice.channel).inc()
-        await self._publish(self.dispatch[choice.channel], intent.customer_id,
-                            "notification.requested", intent.notification_id, intent.order_id,
-                            command)
+        metrics.dispatched.labels(intent.kind, route.channel).inc()
+        await self._send(self._dispatch_topic(route.channel), intent.customer_id,
+                         "notification.requested", route.notification_id, intent.order_id,
+                         command)
+
+    def _dispatch_topic(self, channel: str) -> faust.TopicT:
+        if channel not in self.dispatch:
+            self.dispatch[channel] = raw_topic(self.app, self.settings.topics.dispatch(channel))
+        return self.dispatch[channel]
+
+    def _customer(self, customer_id: str) -> customer.CustomerState | None:
+        saved = self.customers.get(customer_id.encode())
+        return customer.CustomerState.from_dict(orjson.loads(saved)) if saved else None
 
     async def _on_preferences(self, m: Any) -> None:
+        customer_id = m.key.decode("utf-8", "replace") if m.key else ""
         if m.value is None:  # tombstone: the customer asked to be forgotten
             metrics.events_consumed.labels(m.topic, "tombstone").inc()
-            if m.key and self.customers.get(m.key) is not None:
+            state = self._customer(customer_id) if customer_id else None
+            if state is not None:
+                await asyncio.gather(*(self._carry_out(a) for a in customer.erase(state)))
                 del self.customers[m.key]
             return
         envelope = codec.decode(m.key, m.value, m.headers, accepted_types=PREFERENCE_TYPES,
                                 max_bytes=self.settings.max_event_bytes)
         metrics.events_consumed.labels(m.topic, envelope.type).inc()
-        saved = self.customers.get(m.key)
-        merged = {**(orjson.loads(saved) if saved else {}), **envelope.data}
-        self.customers[m.key] = orjson.dumps(merged)
+        state = self._customer(customer_id) or customer.CustomerState(customer_id)
+        customer.update_preferences(state, envelope.data, envelope.time or _wall_now())
+        self.customers[m.key] = orjson.dumps(state.to_dict())
 
     async def _suppress(self, intent: Intent, reason: str) -> None:
         metrics.suppressed.labels(intent.kind, reason).inc()
@@ -260,19 +371,21 @@ class Pipeline:
             "notification_id": intent.notification_id, "kind": intent.kind,
             "order_id": intent.order_id, "customer_id": intent.customer_id, "channel": "none",
             "provider": "policy", "attempts": 0, "reason": reason,
-            "occurred_at": intent.created_at,
+            "occurred_at": intent.not_before or intent.created_at,
         }
-        await self._publish(self.sent, intent.customer_id, "notification.suppressed",
-                            "sup-" + intent.notification_id.removeprefix("ntf-"), intent.order_id,
-                            outcome)
+        if intent.shipment_id:
+            outcome["shipment_id"] = intent.shipment_id
+        await self._send(self.sent, intent.customer_id, "notification.suppressed",
+                         "sup-" + intent.notification_id.removeprefix("ntf-"), intent.order_id,
+                         outcome)
 
     def _tracking_url(self, intent: Intent) -> str:
         return f"{self.settings.public_url.rstrip('/')}/track?order={intent.order_id}"
 
     # -- output ---------------------------------------------------------------------------
 
-    async def _publish(self, topic: faust.TopicT, key: str, event_type: str, event_id: str,
-                       subject: str, data: Any) -> None:
+    async def _send(self, topic: faust.TopicT, key: str, event_type: str, event_id: str,
+                    subject: str, data: Any) -> None:
         """Send one binary-mode CloudEvent and wait for the broker's acknowledgement."""
         value, headers = codec.encode(event_type=event_type, event_id=event_id, source=SOURCE,
                                       time=_wall_now(), data=data, subject=subject)
@@ -296,6 +409,19 @@ class Pipeline:
         body = {"ready": ready, "partitions_assigned": assigned,
                 "rebalancing": bool(app.rebalancing), "recovering": bool(app.in_recovery)}
         return web.json_response(body, status=200 if ready else 503)
+
+
+def _event_time(envelope: Envelope) -> datetime | None:
+    if envelope.type == "clock.tick":
+        return datetime.fromisoformat(envelope.data["now"])
+    return envelope.time
+
+
+def _header(headers: Any, name: str) -> str:
+    for key, value in headers or ():
+        if key == name:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return ""
 
 
 def _wall_now() -> datetime:

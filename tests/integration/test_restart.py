@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.integration.conftest import wait_for
-from tests.integration.kafka_io import produce, read_all
+from tests.integration.kafka_io import read_all
 from worker import settings as settings_module, simulate
 from worker.broker import free_port, port_open
 
@@ -22,9 +22,10 @@ START = datetime(2026, 11, 2, 2, tzinfo=UTC)
 
 
 def feed(settings, count: int, seed: int) -> None:
-    records = simulate.orders(settings, count=count, seed=seed, start=START)
-    asyncio.run(produce(settings.kafka_bootstrap, [(r.topic, r.key.encode(), *r.encoded())
-                                                   for r in records]))
+    """Orders created and paid, then a tick on every partition: the moment decisions are made."""
+    records = list(simulate.orders(settings, count=count, seed=seed, start=START))
+    records += simulate.ticks(settings, max(r.time for r in records))
+    asyncio.run(simulate.produce(settings, iter(records), progress=False))
 
 
 def test_kill_and_replay_never_sends_twice_and_the_event_clock_sets_times(stack):

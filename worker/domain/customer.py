@@ -1,12 +1,23 @@
-"""Per-customer preferences and the choice of channel and recipient."""
+"""Per-customer policy: channels, quiet hours, caps, segments, and the choice of recipient.
+
+:func:`decide` takes one intent from the order stage and answers with actions: send it
+(on one or more channels), hold it until a time, or suppress it with a reason. Held
+intents live in the customer's state and come back through :func:`release` when the
+clock reaches them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from worker.domain.notification import Intent
-from worker.domain.rules import Rules
+from worker.domain.rules import Policy, Rules
+
+DECIDED_LIMIT = 200  # recent notification ids, to recognise a redelivered intent
+VERSIONS_LIMIT = 8  # preference updates kept apart; older ones are folded together
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,11 +26,226 @@ class Route:
     recipient: dict[str, str]
     locale: str
     timezone: str
+    notification_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class Suppressed:
+class Send:
+    intent: Intent
+    routes: list[Route]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    intent: Intent
+    until: str
+
+
+@dataclass(frozen=True, slots=True)
+class Suppress:
+    intent: Intent
     reason: str
+
+
+Action = Send | Hold | Suppress
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    # [effective at, update]: updates apply from their own event time, so a replay that
+    # reads preferences ahead of the orders still judges each notification by the
+    # preferences of its moment.
+    versions: list[list[Any]] = field(default_factory=list)
+    held: list[dict[str, Any]] = field(default_factory=list)  # {"until": stamp, "intent": {...}}
+    sent: list[list[Any]] = field(default_factory=list)  # [at, priority, order_id]
+    decided: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CustomerState:
+        return cls(**raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def next_release(self) -> str | None:
+        return min((h["until"] for h in self.held), default=None)
+
+    def preferences(self, now: datetime) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for at, update in self.versions:
+            if at <= stamp(now):
+                merged.update(update)
+        return merged
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def update_preferences(state: CustomerState, update: dict[str, Any], at: datetime) -> None:
+    """Later values override earlier ones (contract section 3) from ``at`` on."""
+    state.versions.append([stamp(at), update])
+    state.versions.sort(key=lambda v: v[0])
+    if len(state.versions) > VERSIONS_LIMIT:
+        (_, first), (at2, second) = state.versions[:2]
+        state.versions[:2] = [[at2, {**first, **second}]]
+
+
+def decide(state: CustomerState, intent: Intent, now: datetime, rules: Rules,
+           webhook_url: str = "") -> list[Action]:
+    """What to do with one intent now: send, hold or suppress (and what it supersedes)."""
+    if intent.notification_id in state.decided or any(
+            h["intent"]["notification_id"] == intent.notification_id for h in state.held):
+        return []
+    actions: list[Action] = _supersede(state, intent, rules)
+    actions.append(_judge(state, intent, now, rules, webhook_url))
+    _remember(state, actions, now)
+    return actions
+
+
+def release(state: CustomerState, now: datetime, rules: Rules,
+            webhook_url: str = "") -> list[Action]:
+    """Held intents whose time has come, judged again against today's preferences."""
+    when = stamp(now)
+    due = sorted((h for h in state.held if h["until"] <= when),
+                 key=lambda h: (h["until"], h["intent"]["created_at"]))
+    state.held = [h for h in state.held if h["until"] > when]
+    actions: list[Action] = []
+    for held in due:
+        intent = Intent.from_dict(held["intent"])
+        intent.not_before = held["until"]
+        actions.append(_judge(state, intent, now, rules, webhook_url))
+        _remember(state, actions[-1:], now)
+    return actions
+
+
+def erase(state: CustomerState) -> list[Action]:
+    """A tombstone: forget the customer and cancel what was waiting for them."""
+    return [Suppress(Intent.from_dict(h["intent"]), "erased") for h in state.held]
+
+
+def _judge(state: CustomerState, intent: Intent, now: datetime, rules: Rules,
+           webhook_url: str) -> Action:
+    policy, prefs = rules.policy, state.preferences(now)
+    if intent.expires_at and intent.expires_at < stamp(now):
+        return Suppress(intent, "expired")
+    if intent.priority == "marketing":
+        segment = rules.segments.get(intent.segment or "")
+        if not prefs.get("marketing_opt_in", False):
+            return Suppress(intent, "opted_out")
+        if segment is not None and segment.service_only:
+            return Suppress(intent, "segment_service_only")
+        if not _ratio_allows_marketing(state, now, policy):
+            return Suppress(intent, "marketing_ratio")
+    routes = route(intent, prefs, rules, webhook_url=webhook_url)
+    if isinstance(routes, str):
+        return Suppress(intent, routes)
+    if intent.priority != "urgent":
+        zone = _zone(routes[0].timezone)
+        wait = max(filter(None, (_quiet_until(now, zone, prefs, policy),
+                                 _gap_until(state, intent, now, policy))), default=None)
+        if wait is not None:
+            if intent.priority == "marketing" and intent.expires_at and intent.expires_at < stamp(wait):
+                return Suppress(intent, "quiet_hours_expired")
+            return Hold(intent, stamp(wait))
+        if rules.kinds[intent.kind].capped and _sent_today(state, now, zone) >= policy.daily_cap:
+            return Suppress(intent, "frequency_capped")
+    return Send(intent, routes)
+
+
+def _supersede(state: CustomerState, intent: Intent, rules: Rules) -> list[Action]:
+    """Held news that this intent makes stale (delivered makes `shipped` stale)."""
+    rule = rules.kinds.get(intent.kind)
+    if rule is None or not rule.supersedes:
+        return []
+    stale, kept = [], []
+    for held in state.held:
+        old = held["intent"]
+        same_parcel = None in (old.get("shipment_id"), intent.shipment_id) or (
+            old.get("shipment_id") == intent.shipment_id)
+        if old["order_id"] == intent.order_id and same_parcel and old["kind"] in rule.supersedes:
+            stale.append(Suppress(Intent.from_dict(old), "superseded"))
+        else:
+            kept.append(held)
+    state.held = kept
+    return list(stale)
+
+
+def _remember(state: CustomerState, actions: list[Action], now: datetime) -> None:
+    for action in actions:
+        intent = action.intent
+        if isinstance(action, Hold):
+            state.held.append({"until": action.until, "intent": asdict(intent)})
+            continue
+        state.decided = [*state.decided[-(DECIDED_LIMIT - 1):], intent.notification_id]
+        if isinstance(action, Send):
+            state.sent.append([stamp(now), intent.priority, intent.order_id])
+
+
+def prune(state: CustomerState, now: datetime, rules: Rules) -> None:
+    """Forget sends older than the ratio window."""
+    horizon = stamp(now - timedelta(days=rules.policy.ratio_window_days))
+    state.sent = [s for s in state.sent if s[0] >= horizon]
+
+
+# -- timing ------------------------------------------------------------------------------
+
+
+def _quiet_until(now: datetime, zone: ZoneInfo, prefs: dict[str, Any],
+                 policy: Policy) -> datetime | None:
+    """The end of the quiet hours ``now`` falls in, in the customer's own timezone."""
+    quiet = prefs.get("quiet_hours") or {}
+    start = time.fromisoformat(quiet["start"]) if quiet.get("start") else policy.quiet_start
+    end = time.fromisoformat(quiet["end"]) if quiet.get("end") else policy.quiet_end
+    local = now.astimezone(zone)
+    t = local.time().replace(tzinfo=None)
+    if start == end:
+        return None
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if not inside:
+        return None
+    day = local.date() if t < end else local.date() + timedelta(days=1)
+    return _local(day, end, zone)
+
+
+def _gap_until(state: CustomerState, intent: Intent, now: datetime,
+               policy: Policy) -> datetime | None:
+    previous = [s[0] for s in state.sent if s[2] == intent.order_id]
+    if not previous:
+        return None
+    ready = datetime.fromisoformat(max(previous)) + timedelta(minutes=policy.min_gap_minutes)
+    return ready if ready > now else None
+
+
+def _sent_today(state: CustomerState, now: datetime, zone: ZoneInfo) -> int:
+    today = now.astimezone(zone).date()
+    return sum(1 for at, priority, _ in state.sent
+               if priority != "urgent" and datetime.fromisoformat(at).astimezone(zone).date() == today)
+
+
+def _ratio_allows_marketing(state: CustomerState, now: datetime, policy: Policy) -> bool:
+    """Would one more marketing message keep service at or above its share?"""
+    horizon = stamp(now - timedelta(days=policy.ratio_window_days))
+    recent = [s for s in state.sent if s[0] >= horizon]
+    service = sum(1 for s in recent if s[1] != "marketing")
+    return service >= policy.service_ratio * (len(recent) + 1)
+
+
+def _local(day: date, at: time, zone: ZoneInfo) -> datetime:
+    # zoneinfo resolves a wall time that DST skips or repeats with fold=0: the earlier offset.
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")
+
+
+# -- channels ----------------------------------------------------------------------------
 
 
 def contact(intent: Intent, preferences: dict[str, Any] | None) -> dict[str, Any]:
@@ -31,14 +257,10 @@ def contact(intent: Intent, preferences: dict[str, Any] | None) -> dict[str, Any
     return merged
 
 
-def route(
-    intent: Intent,
-    preferences: dict[str, Any] | None,
-    rules: Rules,
-    *,
-    webhook_url: str = "",
-) -> Route | Suppressed:
-    """The first channel the kind allows, the customer accepts, and we can address."""
+def route(intent: Intent, preferences: dict[str, Any] | None, rules: Rules,
+          *, webhook_url: str = "") -> list[Route] | str:
+    """The first channels (``intent.fanout`` of them) the kind allows, the customer
+    accepts and we can address; else the reason there are none."""
     who = contact(intent, preferences)
     order = (preferences or {}).get("channel_order") or rules.channel_order
     opted_in = (preferences or {}).get("channels")
@@ -46,18 +268,20 @@ def route(
     if opted_in is not None:
         accepted = [c for c in candidates if opted_in.get(c, False)]
         if candidates and not accepted:
-            return Suppressed("opted_out")
+            return "opted_out"
         candidates = accepted
+    routes: list[Route] = []
     for channel in candidates:
         recipient = _recipient(channel, who, intent.customer_id, webhook_url)
-        if recipient:
-            return Route(channel, recipient, who.get("locale", ""), who.get("timezone", "UTC"))
-    return Suppressed("no_reachable_channel")
+        if recipient and len(routes) < intent.fanout:
+            nid = intent.notification_id + ("" if not routes else f"-{channel}")
+            routes.append(Route(channel, recipient, who.get("locale", ""),
+                                who.get("timezone", "UTC"), nid))
+    return routes or "no_reachable_channel"
 
 
-def _recipient(
-    channel: str, who: dict[str, Any], customer_id: str, webhook_url: str
-) -> dict[str, str] | None:
+def _recipient(channel: str, who: dict[str, Any], customer_id: str,
+               webhook_url: str) -> dict[str, str] | None:
     if channel == "email" and who.get("email"):
         return {"email": who["email"]}
     if channel == "sms" and who.get("phone"):

@@ -34,7 +34,32 @@ class Intent:
     not_before: str | None = None
     expires_at: str | None = None
     channels: list[str] = field(default_factory=list)
+    fanout: int = 1  # how many channels to use (high-value orders: two)
+    segment: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Intent:
         return cls(**raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert for the people who run the shop (``ops.alerts``)."""
+
+    alert_id: str
+    type: str
+    severity: str
+    key: str  # the order id or lane id
+    summary: str
+    raised_at: str
+    figures: dict[str, Any]
+    order_id: str | None = None
+    shipment_id: str | None = None
+
+    def data(self) -> dict[str, Any]:
+        data = {"alert_id": self.alert_id, "severity": self.severity, "summary": self.summary,
+                "raised_at": self.raised_at, "figures": self.figures}
+        for name in ("order_id", "shipment_id"):
+            if getattr(self, name):
+                data[name] = getattr(self, name)
+        return data

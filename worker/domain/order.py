@@ -1,17 +1,36 @@
-"""Per-order state and the decisions each order event leads to."""
+"""Per-order state and the notifications it calls for.
+
+Events only change the state (:func:`apply`); what to tell the customer is decided
+from the state and the time (:func:`wake`), so checkpoints that arrive late, twice or
+out of order between two decisions never change what is said. Each decision has a
+deterministic id and is made once; time-driven ones come due at :func:`next_wake`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.domain.envelope import Envelope
-from worker.domain.notification import Intent, notification_id
+from worker.domain.milestones import Reading, canonical
+from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
+from worker.domain.shipment import Shipment
 
-# Enough to recognise a redelivered or replayed event; an order sees a few dozen at most.
-SEEN_LIMIT = 64
+SEEN_LIMIT = 16  # recent event digests, only to count redeliveries
+RETURN_STEPS = {"order.return_requested": "requested", "order.return_received": "received",
+                "order.refunded": "refunded"}
+CARE_CATEGORIES = frozenset({"fresh", "fragile", "beauty", "apparel"})
+CONSUMABLE_CATEGORIES = frozenset({"fresh", "beauty"})
+
+
+def stamp(value: str | datetime) -> str:
+    """One comparable text form for every stored time: UTC, whole seconds."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(slots=True)
@@ -20,9 +39,13 @@ class OrderState:
     order: dict[str, Any] | None = None  # the order.created data, kept for messages
     paid_at: str | None = None
     cancelled_at: str | None = None
-    caused_by: dict[str, str] = field(default_factory=dict)  # event type -> ce_id
-    notified: list[str] = field(default_factory=list)  # notification ids already decided
-    seen: list[str] = field(default_factory=list)  # recent (ce_source, ce_id) pairs
+    returns: dict[str, str] = field(default_factory=dict)  # step -> at
+    shipments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    caused_by: dict[str, str] = field(default_factory=dict)  # trigger -> ce_id
+    received_at: dict[str, str] = field(default_factory=dict)  # trigger -> wall arrival
+    decided: list[str] = field(default_factory=list)  # notification and alert ids
+    seen: list[str] = field(default_factory=list)
+    unknown_statuses: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> OrderState:
@@ -31,84 +54,266 @@ class OrderState:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def shipment(self, shipment_id: str) -> Shipment:
+        return Shipment.from_dict(self.shipments[shipment_id])
+
+    def parcels(self) -> list[Shipment]:
+        return [Shipment.from_dict(s) for s in self.shipments.values()]
+
+    @property
+    def delivered_at(self) -> str | None:
+        """The order is delivered when its last parcel is."""
+        parcels = self.parcels()
+        times = [p.delivered_at for p in parcels]
+        if not parcels or None in times:
+            return None
+        return max(t for t in times if t)
+
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Applied:
+    state: OrderState
+    duplicate: bool = False
+    unknown_status: str | None = None  # "source:code" of a checkpoint nobody could map
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
     state: OrderState
     intents: list[Intent]
-    duplicate: bool = False
+    alerts: list[Alert]
 
 
-def apply(
-    state: OrderState | None,
-    event: Envelope,
-    *,
-    now: datetime,
-    received_at: datetime,
-    rules: Rules,
-) -> Outcome:
-    """Fold one order event into the order's state; return the new state and what to tell."""
-    order_id = str(event.data["order_id"])
-    state = state if state is not None else OrderState(order_id)
-    if event.identity in state.seen:
-        return Outcome(state, [], duplicate=True)
-    state.seen = [*state.seen[-(SEEN_LIMIT - 1) :], event.identity]
-    state.caused_by[event.type] = event.id
-
-    data = event.data
-    if event.type == "order.created":
+def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -> Applied:
+    """Fold one order or tracking event into the order's state."""
+    state = state if state is not None else OrderState(str(event.data["order_id"]))
+    digest = hashlib.blake2b(event.identity.encode(), digest_size=6).hexdigest()
+    if digest in state.seen:
+        return Applied(state, duplicate=True)
+    state.seen = [*state.seen[-(SEEN_LIMIT - 1):], digest]
+    data, kind = event.data, event.type
+    trigger = kind
+    if kind == "order.created":
         state.order = data
-    elif event.type == "order.paid":
-        state.paid_at = data["paid_at"]
-    elif event.type == "order.cancelled":
-        state.cancelled_at = data["cancelled_at"]
+    elif kind == "order.paid":
+        state.paid_at = stamp(data["paid_at"])
+    elif kind == "order.cancelled":
+        state.cancelled_at = stamp(data["cancelled_at"])
+    elif kind in RETURN_STEPS:
+        state.returns.setdefault(RETURN_STEPS[kind], stamp(data["at"]))
+    elif kind == "order.shipped":
+        trigger = f"{kind}:{data['shipment_id']}"
+        parcel = _parcel(state, data)
+        parcel.label_at = stamp(data["shipped_at"])
+        parcel.origin, parcel.destination = data.get("origin", {}), data.get("destination", {})
+        parcel.carrier_eta = data.get("carrier_estimated_delivery") or parcel.carrier_eta
+        state.shipments[parcel.shipment_id] = parcel.to_dict()
+    elif kind == "tracking.updated":
+        trigger = f"{kind}:{data['shipment_id']}"
+        reading = canonical(data["checkpoint"])
+        parcel = _parcel(state, data)
+        parcel.record(stamp(data["checkpoint"]["occurred_at"]), reading)
+        parcel.carrier_eta = data.get("estimated_delivery") or parcel.carrier_eta
+        state.shipments[parcel.shipment_id] = parcel.to_dict()
+        if not reading.known:
+            state.unknown_statuses += 1
+            return Applied(state, unknown_status=reading.raw_code)
+    state.caused_by[trigger] = event.id
+    state.received_at[trigger] = stamp(received_at)
+    return Applied(state)
 
-    intents = [i for i in _decide(state, now, received_at, rules) if i.notification_id not in state.notified]
-    state.notified.extend(i.notification_id for i in intents)
-    return Outcome(state, intents)
+
+def _parcel(state: OrderState, data: dict[str, Any]) -> Shipment:
+    sid = str(data["shipment_id"])
+    parcel = state.shipment(sid) if sid in state.shipments else Shipment(sid)
+    parcel.carrier = data.get("carrier") or parcel.carrier
+    parcel.tracking_number = data.get("tracking_number") or parcel.tracking_number
+    return parcel
 
 
-def _decide(state: OrderState, now: datetime, received_at: datetime, rules: Rules) -> list[Intent]:
-    if state.order is None or state.cancelled_at:
-        return []
-    intents = []
-    if state.paid_at:
-        intent = _intent(state, "order_confirmed", ("order.created", "order.paid"), now, received_at, rules)
-        if intent:
-            intents.append(intent)
-    return intents
+# -- decisions -------------------------------------------------------------------------------
 
 
-def _intent(
-    state: OrderState,
-    kind: str,
-    causes: tuple[str, ...],
-    now: datetime,
-    received_at: datetime,
-    rules: Rules,
-    occasion: str = "",
-) -> Intent | None:
-    rule = rules.kind(kind)
-    if rule is None or state.order is None:
-        return None
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """One notification the state calls for, and from when."""
+
+    kind: str
+    occasion: str
+    at: str  # due time (UTC stamp)
+    causes: tuple[str, ...]
+    shipment: Shipment | None = None
+    send: bool = True  # False: settle it without telling anyone (e.g. shipped after delivery)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def wake(state: OrderState, now: datetime, rules: Rules) -> Decisions:
+    """Everything due at ``now`` that was not decided before."""
+    intents: list[Intent] = []
+    alerts: list[Alert] = []
+    when = stamp(now)
+    for due in _calls(state, rules):
+        nid = notification_id(state.order_id, due.kind, due.occasion)
+        if due.at > when or nid in state.decided:
+            continue
+        state.decided.append(nid)
+        if due.send and state.order is not None:
+            intents.append(_intent(state, due, nid, now, rules))
+            alerts.extend(_alerts(state, due, now, rules))
+    state.decided.extend(a.alert_id for a in alerts)
+    return Decisions(state, intents, alerts)
+
+
+def next_wake(state: OrderState, rules: Rules) -> str | None:
+    """When the next undecided notification comes due (UTC stamp), if any."""
+    times = [d.at for d in _calls(state, rules)
+             if notification_id(state.order_id, d.kind, d.occasion) not in state.decided]
+    return min(times, default=None)
+
+
+def _calls(state: OrderState, rules: Rules) -> Iterator[_Due]:
+    """Every notification the order's facts call for, decided or not, with its due time."""
     order = state.order
+    if order is None:
+        return
+    segment = order["customer"].get("segment")
+    on = {kind for kind in rules.kinds if rules.kind(kind, segment)}
+    if state.cancelled_at:
+        if "order_cancelled" in on:
+            yield _Due("order_cancelled", "", state.cancelled_at, ("order.created", "order.cancelled"))
+        return
+    policy = rules.policy
+    if state.paid_at and "order_confirmed" in on:
+        yield _Due("order_confirmed", "", state.paid_at, ("order.created", "order.paid"))
+    if state.paid_at and not state.shipments and "ship_delayed" in on:
+        ship_by = order.get("promised_ship_by")
+        due = stamp(ship_by) if ship_by else _plus(state.paid_at, hours=policy.ship_sla_hours)
+        new_date = _plus(due, days=policy.ship_delay_days)
+        yield _Due("ship_delayed", "", due, ("order.paid",),
+                   facts={"missed_ship_by": due, "new_ship_by": new_date})
+    for step, at in state.returns.items():
+        if "return_update" in on:
+            yield _Due("return_update", step, at, (f"order.return_{step}", "order.refunded"),
+                       facts={"return_step": step})
+    parcels = state.parcels()
+    for number, parcel in enumerate(parcels, 1):
+        yield from _parcel_calls(state, parcel, on, rules, number, len(parcels))
+    delivered = state.delivered_at
+    if delivered and not state.returns:
+        items = order.get("items", [])
+        categories = {i.get("category") for i in items}
+        late = [("review_request", True), ("post_delivery_care", bool(categories & CARE_CATEGORIES)),
+                ("replenishment_reminder", bool(categories & CONSUMABLE_CATEGORIES))]
+        for kind, applies in late:
+            if applies and kind in on:
+                yield _Due(kind, "", _plus(delivered, minutes=rules.kinds[kind].delay_minutes),
+                           ("order.created",), facts={"categories": sorted(c for c in categories if c)})
+
+
+def _parcel_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules, number: int,
+                  count: int) -> Iterator[_Due]:
+    sid, policy = p.shipment_id, rules.policy
+    cause = (f"tracking.updated:{sid}", f"order.shipped:{sid}")
+    delivered = p.delivered_at
+    facts = {"parcel_number": number, "parcel_count": count}
+
+    def due(kind: str, occasion: str, at: str, send: bool = True, **extra: Any) -> _Due | None:
+        if kind not in on:
+            return None
+        delay = rules.kinds[kind].delay_minutes
+        return _Due(kind, f"{sid}{occasion}", _plus(at, minutes=delay) if delay else at, cause, p,
+                    send, {**facts, **extra})
+
+    calls: list[_Due | None] = []
+    first_scan = p.first_scan_at
+    if first_scan or p.label_at:
+        grace = _plus(p.label_at, hours=policy.label_grace_hours) if p.label_at else first_scan
+        at = min(t for t in (first_scan, grace) if t)
+        # Never on a label alone and never after delivery: a parcel whose first news is
+        # its delivery only gets `delivered`.
+        calls.append(due("shipped", "", at, send=not delivered))
+    if delivered:
+        calls.append(due("delivered", "", delivered,
+                         all_delivered=state.delivered_at is not None))
+    arrived = p.times("ARRIVED_AT_DESTINATION")
+    if arrived:
+        not_yet = not delivered and p.milestone == "ARRIVED_AT_DESTINATION"
+        calls.append(due("in_transit_update", "", arrived[0], send=not_yet))
+    customs = p.times("CUSTOMS") + [c[0] for c in p.checkpoints
+                                    if c[1] == "EXCEPTION" and c[2] == "customs"]
+    if customs:
+        calls.append(due("customs_hold", "", min(customs), send=not delivered))
+    failures = p.times("DELIVERY_FAILED")
+    for attempt, at in enumerate(failures[: policy.failed_attempts_notified], 1):
+        calls.append(due("delivery_failed", f"#{attempt}", at, send=not delivered,
+                         attempt=attempt))
+    for round_, at in enumerate(p.times("OUT_FOR_DELIVERY"), 1):
+        superseded = delivered or any(f > at for f in failures) or any(
+            a > at for a in p.times("AVAILABLE_FOR_PICKUP"))
+        calls.append(due("out_for_delivery", f"#{round_}", at, send=not superseded))
+    pickup = p.times("AVAILABLE_FOR_PICKUP")
+    if pickup:
+        calls.append(due("available_for_pickup", "", pickup[0], send=not delivered))
+    reason = p.open_exception
+    if reason and reason != "customs" and p.latest:
+        calls.append(due("delivery_exception", f":{reason}", p.latest[0], reason=reason))
+    yield from (c for c in calls if c is not None)
+
+
+def _intent(state: OrderState, due: _Due, nid: str, now: datetime, rules: Rules) -> Intent:
+    order = state.order or {}
+    rule = rules.kinds[due.kind]
+    fanout = rules.high_value.channels if (
+        due.kind in rules.high_value.kinds and rules.high_value.applies(order.get("total"))) else 1
+    caused = [state.caused_by[c] for c in due.causes if c in state.caused_by]
+    arrivals = [state.received_at[c] for c in due.causes if c in state.received_at]
+    facts = {
+        "shop": order["shop"], "customer": order["customer"], "items": order.get("items", []),
+        "total": order.get("total"), "placed_at": order.get("placed_at"),
+        "promised_delivery_by": order.get("promised_delivery_by"), **due.facts,
+    }
+    if due.shipment is not None:
+        p = due.shipment
+        facts["shipment"] = {"carrier": p.carrier, "tracking_number": p.tracking_number,
+                             "milestone": p.milestone, "carrier_eta": p.carrier_eta}
     return Intent(
-        notification_id=notification_id(state.order_id, kind, occasion),
-        kind=kind,
+        notification_id=nid,
+        kind=due.kind,
         priority=rule.priority,
         order_id=state.order_id,
         customer_id=order["customer"]["id"],
-        created_at=now.isoformat(),
-        caused_by=[state.caused_by[c] for c in causes if c in state.caused_by],
-        received_at=received_at.isoformat(),
-        facts={
-            "shop": order["shop"],
-            "customer": order["customer"],
-            "items": order["items"],
-            "total": order["total"],
-            "placed_at": order["placed_at"],
-            "promised_delivery_by": order.get("promised_delivery_by"),
-        },
-        expires_at=(now + timedelta(hours=rule.expires_after_hours)).isoformat(),
+        created_at=stamp(now),
+        caused_by=caused or list(state.caused_by.values())[:1],
+        received_at=max(arrivals, default=stamp(now)),
+        facts=facts,
+        shipment_id=due.shipment.shipment_id if due.shipment else None,
+        expires_at=stamp(now + timedelta(hours=rule.expires_after_hours)),
         channels=list(rule.channels),
+        fanout=fanout,
+        segment=order["customer"].get("segment"),
     )
+
+
+def _alerts(state: OrderState, due: _Due, now: datetime, rules: Rules) -> list[Alert]:
+    order = state.order or {}
+    if due.kind == "ship_delayed":
+        return [Alert(
+            alert_id=notification_id(state.order_id, "alert.ship_sla_breached", ""),
+            type="alert.ship_sla_breached", severity="warning", key=state.order_id,
+            summary="order paid but not shipped by its promised date", raised_at=stamp(now),
+            order_id=state.order_id,
+            figures={"paid_at": state.paid_at, "ship_by": due.facts["missed_ship_by"]})]
+    if due.kind == "delivery_exception" and rules.high_value.applies(order.get("total")):
+        p = due.shipment
+        return [Alert(
+            alert_id=notification_id(state.order_id, "alert.high_value_exception", due.occasion),
+            type="alert.high_value_exception", severity="critical", key=state.order_id,
+            summary="delivery exception on a high-value order", raised_at=stamp(now),
+            order_id=state.order_id, shipment_id=p.shipment_id if p else None,
+            figures={"carrier": p.carrier if p else None, "reason": due.facts.get("reason"),
+                     "total": order.get("total")})]
+    return []
+
+
+def _plus(at: str, **delta: float) -> str:
+    return stamp(datetime.fromisoformat(at) + timedelta(**delta))

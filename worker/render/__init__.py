@@ -24,6 +24,17 @@ from markupsafe import Markup
 HERE = Path(__file__).resolve().parent
 CATALOGS = ("en", "zh_CN", "zh_TW")
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")
+CARRIER_NAMES = {
+    "sf-express": {"en": "SF Express", "zh_CN": "顺丰速运", "zh_TW": "順豐速運"},
+    "zto": {"en": "ZTO Express", "zh_CN": "中通快递", "zh_TW": "中通快遞"},
+    "yto": {"en": "YTO Express", "zh_CN": "圆通速递", "zh_TW": "圓通速遞"},
+    "sto": {"en": "STO Express", "zh_CN": "申通快递", "zh_TW": "申通快遞"},
+    "yunda": {"en": "Yunda Express", "zh_CN": "韵达快递", "zh_TW": "韻達快遞"},
+    "jd": {"en": "JD Logistics", "zh_CN": "京东物流", "zh_TW": "京東物流"},
+    "ems": {"en": "EMS", "zh_CN": "中国邮政 EMS", "zh_TW": "中國郵政 EMS"},
+    "ups": {"en": "UPS"}, "fedex": {"en": "FedEx"}, "dhl": {"en": "DHL"}, "usps": {"en": "USPS"},
+    "chunghwa-post": {"en": "Chunghwa Post", "zh_TW": "中華郵政", "zh_CN": "中华邮政"},
+}
 
 
 def catalog_locale(tag: str | None, fallback: str = "en") -> str:
@@ -49,15 +60,17 @@ class Content:
 def render(kind: str, locale: str, timezone: str, facts: dict[str, Any]) -> Content:
     """Render one notification in the catalog ``locale`` (see :func:`catalog_locale`)."""
     plain, html = _environment(locale, timezone, False), _environment(locale, timezone, True)
-    subject = _block(plain, kind, "subject", facts)
-    body = Markup(_block(html, kind, "body", facts))  # already escaped
+    facts = {**facts, "kind": kind}
+    name = f"{kind}.j2" if (HERE / "templates" / f"{kind}.j2").is_file() else "_notice.j2"
+    subject = _block(plain, name, "subject", facts)
+    body = Markup(_block(html, name, "body", facts))  # already escaped
     page = html.get_template("_layout.html.j2").render(facts, body=body, subject=subject)
-    return Content(subject=subject, text=_block(plain, kind, "text", facts) + "\n", html=page)
+    return Content(subject=subject, text=_block(plain, name, "text", facts) + "\n", html=page)
 
 
-def _block(env: jinja2.Environment, kind: str, name: str, facts: dict[str, Any]) -> str:
-    template = env.get_template(f"{kind}.j2")
-    return "".join(template.blocks[name](template.new_context(facts))).strip()
+def _block(env: jinja2.Environment, name: str, block: str, facts: dict[str, Any]) -> str:
+    template = env.get_template(name)
+    return "".join(template.blocks[block](template.new_context(facts))).strip()
 
 
 class _PoTranslations(gettext.NullTranslations):
@@ -102,6 +115,8 @@ def _environment(locale: str, timezone: str, html: bool) -> jinja2.Environment:
     env.filters["money"] = lambda m: numbers.format_currency(
         Decimal(m["amount"]), m["currency"], locale=locale
     )
+    env.filters["carrier"] = lambda slug: CARRIER_NAMES.get(slug, {}).get(
+        locale, CARRIER_NAMES.get(slug, {}).get("en", slug))
     env.globals["locale"] = locale
     return env
 
