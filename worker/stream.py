@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import tomllib
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+from faust.types import TP
 import orjson
 from aiohttp import web
 
@@ -48,6 +50,7 @@ ORDER_TYPES = frozenset(
 TRACKING_TYPES = frozenset({"tracking.updated", "clock.tick"})
 PREFERENCE_TYPES = frozenset({"customer.preferences_updated"})
 KNOWN_SOURCES = frozenset(carrier_table())
+IDLE_SECONDS = 2.0
 
 
 def load_rules(settings: Settings) -> Rules:
@@ -109,6 +112,11 @@ class Pipeline:
         self.order_agenda = Agenda(raw_table(app, "order_agenda", n), "wake")
         self.clock_marks = raw_table(app, "clock", n)
         self.clock = Clock(event_mode=settings.event_clock)
+        # In memory only: a restart loses nothing, the next tick sets them again.
+        self.tick_target: dict[int, datetime] = {}
+        self.orders_read: dict[int, tuple[int, datetime]] = {}
+        self.decided_until: dict[int, datetime] = {}
+        self.at_end_since: dict[int, float] = {}
         self.customers = raw_table(app, "customers", n)
         self.customer_agenda = Agenda(raw_table(app, "customer_agenda", n), "release")
         self.watermarks = raw_table(app, "watermarks", n)
@@ -161,10 +169,11 @@ class Pipeline:
         metrics.events_consumed.labels(m.topic, envelope.type).inc()
         now = self._advance_clock(self.clock, self.clock_marks, m.partition, _event_time(envelope))
         if envelope.type == "clock.tick":
-            for order_id in self.order_agenda.pop_due(m.partition, now):
-                await self._wake_order(m.partition, order_id, now)
-            await self._forward_tick(m.partition, now)
+            self.tick_target[m.partition] = max(now, self.tick_target.get(m.partition, now))
+            await self._decide_until_tick(m.partition)
             return
+        if m.topic == self.settings.topics.orders:
+            self.orders_read[m.partition] = (m.offset, envelope.time or now)
         order_id = envelope.data["order_id"]
         if order_id != m.key.decode("utf-8", "replace"):
             raise BadInput("wrong_key", "record key differs from data.order_id")
@@ -180,7 +189,54 @@ class Pipeline:
         self.orders[order_id.encode()] = orjson.dumps(applied.state.to_dict())
         # Decisions wait for the partition's next tick, so checkpoints that arrive together
         # in any order (an aggregator's backfill) are judged together.
-        self.order_agenda.add(m.partition, now, order_id)
+        # At the event's own time: the partition's clock may already be far ahead of it.
+        self.order_agenda.add(m.partition, min(now, envelope.time or now), order_id)
+        if m.topic == self.settings.topics.orders:
+            await self._decide_until_tick(m.partition)
+
+    async def _decide_until_tick(self, partition: int) -> None:
+        """Make the decisions due by the last tick, as far as ``orders.events`` allows.
+
+        Ticks come on ``tracking.events``; Faust reads the two topics independently, so a
+        tick may arrive before order events older than it (a cancellation). Until the
+        orders partition is read to its end, decisions go no further than the last order
+        event read; the rest waits for more order events or the next tick.
+        """
+        target = self.tick_target.get(partition)
+        if target is None:
+            return
+        offset, seen = self.orders_read.get(partition, (None, None))
+        caught_up = self._orders_caught_up(partition, offset)
+        if caught_up:
+            allowed = target
+        elif seen is None:
+            return
+        else:
+            allowed = min(target, seen)
+        if allowed <= self.decided_until.get(partition, allowed - timedelta(seconds=1)):
+            return
+        for order_id in self.order_agenda.pop_due(partition, allowed):
+            await self._wake_order(partition, order_id, allowed)
+        await self._forward_tick(partition, allowed)
+        self.decided_until[partition] = allowed
+
+    def _orders_caught_up(self, partition: int, offset: int | None) -> bool:
+        """Read to the end of the orders partition. The end the consumer knows comes from
+        its last fetch, so under the event clock (replays, where the producer may still be
+        writing) the partition must also have stayed at its end for IDLE_SECONDS."""
+        try:
+            highwater = self.app.consumer.highwater(TP(self.settings.topics.orders, partition))
+        except Exception:  # noqa: BLE001 - not fetched yet, or not assigned here
+            highwater = None
+        at_end = highwater is not None and (highwater == 0 or (
+            offset is not None and offset + 1 >= highwater))
+        if not at_end:
+            self.at_end_since.pop(partition, None)
+            return False
+        if not self.settings.event_clock:
+            return True
+        since = self.at_end_since.setdefault(partition, time.monotonic())
+        return time.monotonic() - since >= IDLE_SECONDS
 
     async def _wake_order(self, partition: int, order_id: str, now: datetime) -> None:
         state = self._order(order_id)
@@ -201,7 +257,7 @@ class Pipeline:
                                       alert.order_id or alert.key, alert.data()))
         await asyncio.gather(*pending)
         self.orders[order_id.encode()] = orjson.dumps(decisions.state.to_dict())
-        if upcoming := order.next_wake(decisions.state, self.rules):
+        if upcoming := order.next_wake(decisions.state, now, self.rules):
             self.order_agenda.add(partition, datetime.fromisoformat(upcoming), order_id)
 
     def _order(self, order_id: str) -> order.OrderState | None:

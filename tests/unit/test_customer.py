@@ -1,6 +1,6 @@
 import pytest
 
-from worker.domain.customer import Route, Suppressed, route
+from worker.domain.customer import Route, route
 from worker.domain.notification import Intent
 from worker.stream import load_rules
 from worker.settings import Settings
@@ -18,35 +18,34 @@ def intent(**customer) -> Intent:
 
 
 def test_without_preferences_the_default_order_picks_email():
-    assert route(intent(), None, RULES) == Route("email", {"email": "li@example.cn"}, "zh-CN",
-                                                 "Asia/Shanghai")
+    assert route(intent(), None, RULES) == [Route("email", {"email": "li@example.cn"}, "zh-CN",
+                                                  "Asia/Shanghai", "ntf-1")]
 
 
 def test_customer_channel_order_and_opt_ins_are_respected():
     prefs = {"channels": {"email": True, "wechat": True}, "channel_order": ["wechat", "email"]}
     chosen = route(intent(wechat_openid="o-1"), prefs, RULES)
-    assert isinstance(chosen, Route) and chosen.channel == "wechat"
-    assert chosen.recipient == {"wechat_openid": "o-1"}
+    assert chosen[0].channel == "wechat" and chosen[0].recipient == {"wechat_openid": "o-1"}
 
 
 def test_a_channel_without_a_recipient_is_skipped():
     prefs = {"channels": {"email": True, "wechat": True}, "channel_order": ["wechat", "email"]}
-    assert route(intent(), prefs, RULES).channel == "email"
+    assert route(intent(), prefs, RULES)[0].channel == "email"
 
 
 def test_opted_out_of_every_allowed_channel_is_suppressed():
     prefs = {"channels": {"email": False, "sms": True}}
-    assert route(intent(), prefs, RULES) == Suppressed("opted_out")
+    assert route(intent(), prefs, RULES) == "opted_out"
 
 
 def test_later_preferences_override_the_order_contact():
     prefs = {"channels": {"email": True}, "email": "new@example.cn", "locale": "en"}
     chosen = route(intent(), prefs, RULES)
-    assert chosen.recipient == {"email": "new@example.cn"} and chosen.locale == "en"
+    assert chosen[0].recipient == {"email": "new@example.cn"} and chosen[0].locale == "en"
 
 
 @pytest.mark.parametrize("kind_channels", [["sms"]])
 def test_no_reachable_channel_is_suppressed(kind_channels):
     i = intent(email=None)
     i.channels = kind_channels
-    assert route(i, None, RULES) == Suppressed("no_reachable_channel")
+    assert route(i, None, RULES) == "no_reachable_channel"

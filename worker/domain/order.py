@@ -148,27 +148,59 @@ class _Due:
 
 
 def wake(state: OrderState, now: datetime, rules: Rules) -> Decisions:
-    """Everything due at ``now`` that was not decided before."""
+    """Everything due at ``now`` that was not decided before, judged on the facts known
+    to have happened by ``now`` (a replay may have read later facts already)."""
     intents: list[Intent] = []
     alerts: list[Alert] = []
     when = stamp(now)
-    for due in _calls(state, rules):
+    view = as_of(state, when)
+    for due in _calls(view, rules):
         nid = notification_id(state.order_id, due.kind, due.occasion)
         if due.at > when or nid in state.decided:
             continue
         state.decided.append(nid)
         if due.send and state.order is not None:
-            intents.append(_intent(state, due, nid, now, rules))
-            alerts.extend(_alerts(state, due, now, rules))
+            intents.append(_intent(view, due, nid, now, rules))
+            alerts.extend(_alerts(view, due, now, rules))
     state.decided.extend(a.alert_id for a in alerts)
     return Decisions(state, intents, alerts)
 
 
-def next_wake(state: OrderState, rules: Rules) -> str | None:
-    """When the next undecided notification comes due (UTC stamp), if any."""
-    times = [d.at for d in _calls(state, rules)
-             if notification_id(state.order_id, d.kind, d.occasion) not in state.decided]
-    return min(times, default=None)
+def next_wake(state: OrderState, now: datetime, rules: Rules) -> str | None:
+    """When to look again (UTC stamp): the next undecided notification coming due, or
+    the next fact already known that has not happened yet by ``now``."""
+    when = stamp(now)
+    due = [d.at for d in _calls(as_of(state, when), rules)
+           if notification_id(state.order_id, d.kind, d.occasion) not in state.decided]
+    return min((t for t in due + _fact_times(state) if t > when), default=None)
+
+
+def as_of(state: OrderState, when: str) -> OrderState:
+    """The state as it stood at ``when``: later facts left out."""
+    def keep(t: str | None) -> str | None:
+        return t if t is not None and t <= when else None
+
+    parcels = {}
+    for sid, raw in state.shipments.items():
+        p = Shipment.from_dict(raw)
+        if p.label_at and p.label_at > when and not any(c[0] <= when for c in p.checkpoints):
+            continue
+        p.checkpoints = [c for c in p.checkpoints if c[0] <= when]
+        parcels[sid] = p.to_dict()
+    return OrderState(
+        order_id=state.order_id, order=state.order, paid_at=keep(state.paid_at),
+        cancelled_at=keep(state.cancelled_at),
+        returns={k: v for k, v in state.returns.items() if v <= when}, shipments=parcels,
+        caused_by=state.caused_by, received_at=state.received_at, decided=state.decided,
+    )
+
+
+def _fact_times(state: OrderState) -> list[str]:
+    times = [t for t in (state.paid_at, state.cancelled_at, *state.returns.values()) if t]
+    for raw in state.shipments.values():
+        times += [raw["label_at"]] if raw.get("label_at") else []
+        times += [c[0] for c in raw["checkpoints"]]
+    return times
 
 
 def _calls(state: OrderState, rules: Rules) -> Iterator[_Due]:

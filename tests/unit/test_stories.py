@@ -1,0 +1,203 @@
+"""Whole order stories through the pure decision code (order stage, then customer stage)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tests.unit.stories import (
+    Tick, cancelled, created, paid, returned, run, scan, shipped, story,
+)
+
+HAPPY = [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"), scan(30, "IN_TRANSIT"),
+         scan(44, "ARRIVED_AT_DESTINATION"), scan(46, "OUT_FOR_DELIVERY"), scan(49, "DELIVERED")]
+
+
+@pytest.mark.parametrize("name, steps, expected", [
+    ("happy path", HAPPY,
+     ["order_confirmed", "shipped", "out_for_delivery", "delivered", "review_request"]),
+    ("created alone tells nobody", [created(0)], []),
+    ("paid before created still confirms once", [paid(0), created(0.05)],
+     ["order_confirmed", "ship_delayed"]),
+    ("a label alone is not shipped before the grace", [created(0), paid(0.1), shipped(20)],
+     ["order_confirmed", "shipped"]),
+    ("first news is the delivery: only delivered",
+     [created(0), paid(0.1), shipped(20), scan(20.5, "DELIVERED")],
+     ["order_confirmed", "delivered", "review_request"]),
+    ("out for delivery then delivered within 10 minutes collapses",
+     [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"), scan(46, "OUT_FOR_DELIVERY"),
+      scan(46.1, "DELIVERED")],
+     ["order_confirmed", "shipped", "delivered", "review_request"]),
+    ("a late IN_TRANSIT after delivery notifies nobody",
+     [*HAPPY, scan(30.5, "IN_TRANSIT", ident="late")],
+     ["order_confirmed", "shipped", "out_for_delivery", "delivered", "review_request"]),
+    ("failed attempt then delivered next day",
+     [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"), scan(46, "OUT_FOR_DELIVERY"),
+      scan(48, "DELIVERY_FAILED"), scan(70, "OUT_FOR_DELIVERY"), scan(72, "DELIVERED")],
+     ["order_confirmed", "shipped", "out_for_delivery", "delivery_failed", "out_for_delivery",
+      "delivered", "review_request"]),
+    ("customs hold on a cross-border parcel",
+     [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"), scan(40, "CUSTOMS")],
+     ["order_confirmed", "shipped", "customs_hold"]),
+    ("exception with a reason",
+     [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"), scan(40, "EXCEPTION", reason="address")],
+     ["order_confirmed", "shipped", "delivery_exception"]),
+    ("pickup point", [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"),
+                      scan(45, "AVAILABLE_FOR_PICKUP")],
+     ["order_confirmed", "shipped", "available_for_pickup"]),
+    ("not shipped by the promise: apology", [created(0), paid(0.1)],
+     ["order_confirmed", "ship_delayed"]),
+    ("cancelled before shipping: nothing else follows",
+     [created(0), paid(0.1), cancelled(5), shipped(20), scan(21, "PICKED_UP")],
+     ["order_confirmed", "order_cancelled"]),
+    ("cancelled after shipping", [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"),
+                                  cancelled(25), scan(44, "DELIVERED")],
+     ["order_confirmed", "shipped", "order_cancelled"]),
+    ("return after delivery: no review request",
+     [*HAPPY, returned("return_requested", 60), returned("refunded", 100)],
+     ["order_confirmed", "shipped", "out_for_delivery", "delivered", "return_update",
+      "return_update"]),
+    ("split order: each parcel on its own, review after the last",
+     [created(0), paid(0.1), shipped(20, "P1"), shipped(22, "P2"), scan(21, "PICKED_UP", "P1"),
+      scan(23, "PICKED_UP", "P2"), scan(40, "DELIVERED", "P1"), scan(90, "DELIVERED", "P2")],
+     ["order_confirmed", "shipped", "shipped", "delivered", "delivered", "review_request"]),
+    ("carrier's own codes", [created(0), paid(0.1), shipped(20),
+                             scan(21, {"source": "sf-express", "code": "50"}),
+                             scan(45, {"source": "aftership", "tag": "Delivered"})],
+     ["order_confirmed", "shipped", "delivered", "review_request"]),
+    ("an unknown code moves nothing", [created(0), paid(0.1), shipped(20),
+                                       scan(21, {"source": "sf-express", "code": "999"})],
+     ["order_confirmed", "shipped"]),
+])
+def test_order_story(name, steps, expected):
+    assert run(*story(*steps), through_customer=False).kinds() == expected
+
+
+def test_shipped_waits_for_the_label_grace_without_a_scan():
+    told = run(*story(created(0), paid(0.1), shipped(20), until=30), through_customer=False)
+    shipped_at = [i.created_at for i in told.intents if i.kind == "shipped"]
+    assert shipped_at == ["2026-11-03T02:00:00+00:00"]  # label at 22:00 UTC + 4 h
+
+
+def test_quiet_hours_hold_transactional_until_morning_in_shanghai():
+    # Paid at 23:30 Shanghai (15:30 UTC): the confirmation waits for 08:00 local.
+    told = run(*story(created(13.4), paid(13.5), until=30))
+    assert told.sent() == [("order_confirmed", "2026-11-03T00:00:00+00:00")]
+
+
+@pytest.mark.parametrize("zone, paid_hours, released", [
+    ("America/Los_Angeles", 7.0, "2026-11-02T16:00:00+00:00"),  # 01:00 PST -> 08:00 PST
+    ("Europe/London", 22.5, "2026-11-03T08:00:00+00:00"),  # 00:30 GMT -> 08:00 GMT
+])
+def test_quiet_hours_in_the_customers_own_zone(zone, paid_hours, released):
+    told = run(*story(created(paid_hours - 0.1, timezone=zone), paid(paid_hours), until=40))
+    assert told.sent() == [("order_confirmed", released)]
+
+
+def test_quiet_hours_across_the_end_of_dst_in_los_angeles():
+    # 2026-11-01: clocks go back at 02:00 PDT. Paid 23:00 PDT on 31 Oct = 06:00 UTC 1 Nov.
+    from datetime import UTC, datetime
+
+    import tests.unit.stories as s
+    start = s.START
+    try:
+        s.START = datetime(2026, 10, 31, 0, tzinfo=UTC)
+        told = run(*story(created(29.9, timezone="America/Los_Angeles"), paid(30), until=50))
+    finally:
+        s.START = start
+    assert told.sent() == [("order_confirmed", "2026-11-01T16:00:00+00:00")]  # 08:00 PST
+
+
+def test_urgent_goes_at_once_inside_quiet_hours():
+    steps = [created(0), paid(0.1), shipped(1), scan(2, "PICKED_UP"), scan(15.5, "DELIVERY_FAILED")]
+    told = run(*story(*steps, until=20))
+    assert ("delivery_failed", "2026-11-02T17:30:00+00:00") in told.sent()  # 01:30 Shanghai
+
+
+def test_marketing_needs_opt_in():
+    assert ("review_request", "opted_out") in run(*story(*HAPPY)).suppressed()
+    told = run(*story(*HAPPY), preferences={"marketing_opt_in": True})
+    assert "review_request" in told.sent_kinds()
+
+
+def test_dormant_customers_get_service_messages_only():
+    steps = [created(0, segment="dormant"), *HAPPY[1:]]
+    told = run(*story(*steps), preferences={"marketing_opt_in": True})
+    assert ("review_request", "segment_service_only") in told.suppressed()
+
+
+def test_opted_out_of_every_channel_is_suppressed():
+    prefs = {"channels": {"email": False, "sms": False, "wechat": False, "push": False,
+                          "in_app": False}}
+    told = run(*story(created(0), paid(0.1), until=5), preferences=prefs)
+    assert told.suppressed() == [("order_confirmed", "opted_out")]
+
+
+def test_high_value_orders_use_two_channels_and_alert_on_exceptions():
+    steps = [created(0, total="899.00"), paid(0.1), shipped(20), scan(21, "PICKED_UP"),
+             scan(40, "EXCEPTION", reason="damaged")]
+    told = run(*story(*steps, until=60))
+    exception = [a for _, a in told.actions if getattr(a, "routes", None)
+                 and a.intent.kind == "delivery_exception"]
+    assert [r.channel for r in exception[0].routes] == ["email", "sms"]
+    assert [a.type for a in told.alerts] == ["alert.high_value_exception"]
+
+
+def test_ship_delay_raises_an_sla_alert():
+    told = run(*story(created(0), paid(0.1), until=60), through_customer=False)
+    assert [a.type for a in told.alerts] == ["alert.ship_sla_breached"]
+
+
+def test_delivered_supersedes_a_held_shipped():
+    # Picked up 23:00 Shanghai, delivered 07:00: only `delivered` at 08:00.
+    steps = [created(0), paid(0.1), shipped(12), scan(13, "PICKED_UP"), scan(21, "DELIVERED")]
+    told = run(*story(*steps, until=30))
+    assert ("shipped", "superseded") in told.suppressed()
+    assert told.sent_kinds() == ["order_confirmed", "delivered"]
+
+
+def test_frequency_cap_stops_capped_kinds():
+    steps = [created(0, segment="vip"), *HAPPY[1:]]
+    told = run(*story(*steps), preferences={"quiet_hours": {"start": "03:00", "end": "03:01"}})
+    assert "in_transit_update" in told.sent_kinds()
+
+
+def test_replay_gives_the_same_ids():
+    first = run(*story(*HAPPY), through_customer=False)
+    again = run(*story(*HAPPY), through_customer=False)
+    assert [i.notification_id for i in first.intents] == [i.notification_id for i in again.intents]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(0, 3))
+def test_shuffled_and_duplicated_checkpoints_tell_the_same(rnd: random.Random, copies: int):
+    """Checkpoints arriving between two decisions, in any order and any number of times,
+    give the same notifications."""
+    reference = run(*story(*HAPPY), through_customer=False)
+    steps = story(*HAPPY)
+    groups: list[list] = [[]]
+    for s in steps:
+        if isinstance(s, Tick):
+            groups.append([s])
+            groups.append([])
+        else:
+            groups[-1].append(s)
+    shuffled = []
+    for group in groups:
+        events = [s for s in group if not isinstance(s, Tick)]
+        events += [rnd.choice(events) for _ in range(copies)] if events else []
+        rnd.shuffle(events)
+        shuffled += events + [s for s in group if isinstance(s, Tick)]
+    told = run(*shuffled, through_customer=False)
+    assert [i.notification_id for i in told.intents] == [i.notification_id for i in reference.intents]
+
+
+def test_late_scans_after_delivery_never_move_a_parcel_backwards():
+    steps = [created(0), paid(0.1), shipped(20), scan(20.5, "DELIVERED")]
+    before = run(*story(*steps, until=30), through_customer=False)
+    late = [scan(20.2, "PICKED_UP", ident="late1"), scan(20.3, "ARRIVED_AT_DESTINATION", ident="late2")]
+    after = run(*story(*steps, until=30), *late, Tick(31), through_customer=False)
+    assert after.state.shipment("P1").milestone == "DELIVERED"
+    assert after.kinds() == before.kinds() == ["order_confirmed", "delivered"]
