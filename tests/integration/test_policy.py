@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.kafka_io import read_all
 from worker import settings as settings_module, simulate
+from worker.domain.milestones import canonical
 from worker.stream import load_rules
 
 pytestmark = pytest.mark.integration
@@ -95,8 +96,8 @@ def test_five_thousand_orders_over_fourteen_days_follow_the_policy(stack):
         elif r.event_type == "order.cancelled":
             cancelled[r.key] = datetime.fromisoformat(r.data["cancelled_at"])
         elif r.event_type == "tracking.updated":
-            status = r.data["checkpoint"].get("status") or r.data["checkpoint"]["raw_status"].get("tag")
-            scans[(r.data["shipment_id"], status)] += 1
+            reading = canonical(r.data["checkpoint"])
+            scans[(r.data["shipment_id"], reading.milestone)] += 1
 
     def preferences(customer_id: str, at: datetime) -> dict:
         """The customer's preferences in force at ``at`` (updates apply from their event time)."""

@@ -158,10 +158,27 @@ def test_delivered_supersedes_a_held_shipped():
     assert told.sent_kinds() == ["order_confirmed", "delivered"]
 
 
-def test_frequency_cap_stops_capped_kinds():
+def test_vip_customers_also_hear_that_the_parcel_reached_their_city():
     steps = [created(0, segment="vip"), *HAPPY[1:]]
     told = run(*story(*steps), preferences={"quiet_hours": {"start": "03:00", "end": "03:01"}})
     assert "in_transit_update" in told.sent_kinds()
+
+
+def test_the_daily_cap_stops_capped_kinds_but_never_key_moments():
+    from tests.unit.stories import RULES, at
+    from worker.domain import customer
+    from worker.domain.notification import Intent
+
+    person = customer.CustomerState("CU-1")
+    def intent(n: int, kind: str) -> Intent:
+        return Intent(f"ntf-{n}", kind, "transactional", f"O-{n}", "CU-1", at(1).isoformat(), [],
+                      at(1).isoformat(), {"customer": {"email": "a@b.c", "timezone": "UTC"}},
+                      channels=["email"])
+    kinds = ["delivered", "delivered", "delivered", "customs_hold", "delivered"]
+    actions = [customer.decide(person, intent(n, k), at(8 + n), RULES)[-1]  # 10:00 UTC on
+               for n, k in enumerate(kinds)]
+    assert [type(a).__name__ for a in actions] == ["Send", "Send", "Send", "Suppress", "Send"]
+    assert actions[3].reason == "frequency_capped"
 
 
 def test_replay_gives_the_same_ids():

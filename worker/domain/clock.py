@@ -9,7 +9,13 @@ clock survives restarts and rebalances.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+
+
+def stamp(value: str | datetime) -> str:
+    """One comparable text form for every stored time: UTC, whole seconds."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(slots=True)

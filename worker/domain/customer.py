@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from worker.domain.clock import stamp
 from worker.domain.notification import Intent
 from worker.domain.rules import Policy, Rules
 
@@ -78,10 +79,6 @@ class CustomerState:
             if at <= stamp(now):
                 merged.update(update)
         return merged
-
-
-def stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def update_preferences(state: CustomerState, update: dict[str, Any], at: datetime) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from worker.domain.clock import stamp
 from worker.domain.envelope import Envelope
 from worker.domain.milestones import Reading, canonical
 from worker.domain.notification import Alert, Intent, notification_id
@@ -25,12 +26,6 @@ RETURN_STEPS = {"order.return_requested": "requested", "order.return_received": 
                 "order.refunded": "refunded"}
 CARE_CATEGORIES = frozenset({"fresh", "fragile", "beauty", "apparel"})
 CONSUMABLE_CATEGORIES = frozenset({"fresh", "beauty"})
-
-
-def stamp(value: str | datetime) -> str:
-    """One comparable text form for every stored time: UTC, whole seconds."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(slots=True)
