@@ -112,7 +112,7 @@ def release(state: CustomerState, now: datetime, rules: Rules,
     actions: list[Action] = []
     for held in due:
         intent = Intent.from_dict(held["intent"])
-        intent.not_before = held["until"]
+        intent.not_before = stamp(now)  # the moment it really goes, not the one planned
         actions.append(_judge(state, intent, now, rules, webhook_url))
         _remember(state, actions[-1:], now)
     return actions
