@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import tomllib
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -50,7 +49,6 @@ ORDER_TYPES = frozenset(
 TRACKING_TYPES = frozenset({"tracking.updated", "clock.tick"})
 PREFERENCE_TYPES = frozenset({"customer.preferences_updated"})
 KNOWN_SOURCES = frozenset(carrier_table())
-IDLE_SECONDS = 2.0
 
 
 def load_rules(settings: Settings) -> Rules:
@@ -116,7 +114,6 @@ class Pipeline:
         self.tick_target: dict[int, datetime] = {}
         self.orders_read: dict[int, tuple[int, datetime]] = {}
         self.decided_until: dict[int, datetime] = {}
-        self.at_end_since: dict[int, float] = {}
         self.customers = raw_table(app, "customers", n)
         self.customer_agenda = Agenda(raw_table(app, "customer_agenda", n), "release")
         self.watermarks = raw_table(app, "watermarks", n)
@@ -206,8 +203,8 @@ class Pipeline:
         if target is None:
             return
         offset, seen = self.orders_read.get(partition, (None, None))
-        caught_up = self._orders_caught_up(partition, offset)
-        if caught_up:
+        # Under the wall clock "now" is the machine's time, whatever the events say.
+        if not self.settings.event_clock or self._orders_caught_up(partition, offset):
             allowed = target
         elif seen is None:
             return
@@ -221,22 +218,13 @@ class Pipeline:
         self.decided_until[partition] = allowed
 
     def _orders_caught_up(self, partition: int, offset: int | None) -> bool:
-        """Read to the end of the orders partition. The end the consumer knows comes from
-        its last fetch, so under the event clock (replays, where the producer may still be
-        writing) the partition must also have stayed at its end for IDLE_SECONDS."""
+        """Read to the end of the orders partition, as far as the last fetch knows."""
         try:
             highwater = self.app.consumer.highwater(TP(self.settings.topics.orders, partition))
         except Exception:  # noqa: BLE001 - not fetched yet, or not assigned here
-            highwater = None
-        at_end = highwater is not None and (highwater == 0 or (
-            offset is not None and offset + 1 >= highwater))
-        if not at_end:
-            self.at_end_since.pop(partition, None)
             return False
-        if not self.settings.event_clock:
-            return True
-        since = self.at_end_since.setdefault(partition, time.monotonic())
-        return time.monotonic() - since >= IDLE_SECONDS
+        return highwater is not None and (highwater == 0 or (
+            offset is not None and offset + 1 >= highwater))
 
     async def _wake_order(self, partition: int, order_id: str, now: datetime) -> None:
         state = self._order(order_id)
