@@ -8,7 +8,7 @@ BIN        := $(VENV)/bin
 KAFKA_LIBS := .cache/kafka-libs
 STAMP      := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test test-unit test-integration install broker-jars clean
+.PHONY: run test test-unit test-integration test-policy bench install broker-jars clean
 
 run: install broker-jars
 	$(BIN)/notifier dev
@@ -21,6 +21,12 @@ test-unit: install
 
 test-integration: install broker-jars
 	$(BIN)/pytest tests/integration
+
+test-policy: install broker-jars
+	NOTIFIER_POLICY_ORDERS=5000 $(BIN)/pytest tests/integration/test_policy.py
+
+bench: install broker-jars
+	$(BIN)/notifier bench senders
 
 install: $(STAMP)
 

@@ -1,21 +1,23 @@
 """Wake-up times kept in a table, so they survive restarts and rebalances.
 
-Entries are bucketed by partition and second (``<name>|<p>|<epoch second>`` → orjson
-list of keys). A per-partition index lists the hours that hold buckets, so
-:meth:`Agenda.pop_due` visits only those hours, however long the clock jumped. The
-table is any byte mapping: a Faust table in the worker, a dict in tests. Faust writes
-a table's changelog to the partition of the event being processed, so an agenda entry
-is always written while processing its own partition.
+Entries are bucketed by partition and minute (``<name>|<p>|<epoch minute>`` → orjson
+list of ``[epoch second, key]``). A per-partition index lists the hours that hold
+buckets, so :meth:`Agenda.pop_due` visits only those hours, however long the clock
+jumped, and at most sixty buckets in each. The table is any byte mapping: a Faust table
+in the worker, a dict in tests. Faust writes a table's changelog to the partition of the
+event being processed, so an agenda entry is always written while processing its own
+partition.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from datetime import datetime
+import heapq
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 
 import orjson
 
-HOUR = 3600
+MINUTE, HOUR = 60, 3600
 
 
 class Agenda:
@@ -27,36 +29,61 @@ class Agenda:
         hours = self._hours(partition)
         if second // HOUR not in hours:
             self._set_hours(partition, sorted([*hours, second // HOUR]))
-        bucket = self._bucket(partition, second)
-        keys = orjson.loads(self.table[bucket]) if bucket in self.table else []
-        if key not in keys:
-            keys.append(key)
-            self.table[bucket] = orjson.dumps(keys)
+        bucket = self._bucket(partition, second // MINUTE)
+        entries = orjson.loads(self.table[bucket]) if bucket in self.table else []
+        if [second, key] not in entries:
+            entries.append([second, key])
+            self.table[bucket] = orjson.dumps(entries)
 
-    def pop_due(self, partition: int, now: datetime) -> list[str]:
-        """Keys due at or before ``now``, oldest first, each once; they leave the agenda."""
+    def pop_due(self, partition: int, now: datetime) -> list[tuple[datetime, str]]:
+        """(due time, key) of the keys due at or before ``now``, oldest first, each key
+        once at its earliest time; they leave the agenda."""
         until = int(now.timestamp())
         hours = self._hours(partition)
-        due: list[str] = []
+        due: dict[str, int] = {}
         kept = []
         for hour in hours:
             if hour > until // HOUR:
                 kept.append(hour)
                 continue
-            last = min(until, hour * HOUR + HOUR - 1)
-            for second in range(hour * HOUR, last + 1):
-                bucket = self._bucket(partition, second)
-                if bucket in self.table:
-                    due.extend(orjson.loads(self.table[bucket]))
+            first_minute = hour * HOUR // MINUTE
+            last_minute = min(until // MINUTE, first_minute + HOUR // MINUTE - 1)
+            later = False
+            for minute in range(first_minute, last_minute + 1):
+                bucket = self._bucket(partition, minute)
+                if bucket not in self.table:
+                    continue
+                entries = orjson.loads(self.table[bucket])
+                ahead = [e for e in entries if e[0] > until]
+                for second, key in entries:
+                    if second <= until and (key not in due or second < due[key]):
+                        due[key] = second
+                if ahead:
+                    self.table[bucket] = orjson.dumps(ahead)
+                    later = True
+                else:
                     del self.table[bucket]
-            if last < hour * HOUR + HOUR - 1:
-                kept.append(hour)  # the rest of this hour is still ahead
+            if later or last_minute < first_minute + HOUR // MINUTE - 1:
+                kept.append(hour)  # some of this hour is still ahead
         if kept != hours:
             self._set_hours(partition, kept)
-        return list(dict.fromkeys(due))
+        return sorted((datetime.fromtimestamp(second, UTC), key) for key, second in due.items())
 
-    def _bucket(self, partition: int, second: int) -> bytes:
-        return f"{self.name}|{partition}|{second}".encode()
+    async def drain(self, partition: int, now: datetime,
+                    visit: Callable[[datetime, str], Awaitable[datetime | None]]) -> None:
+        """Visit every key due by ``now`` in time order. ``visit`` answers when the key is
+        next due: by ``now``, it is visited again in this same pass; later, it is kept."""
+        queue = self.pop_due(partition, now)
+        while queue:
+            at, key = heapq.heappop(queue)
+            upcoming = await visit(at, key)
+            if upcoming is not None and upcoming <= now:
+                heapq.heappush(queue, (upcoming, key))
+            elif upcoming is not None:
+                self.add(partition, upcoming, key)
+
+    def _bucket(self, partition: int, minute: int) -> bytes:
+        return f"{self.name}|{partition}|{minute}".encode()
 
     def _hours(self, partition: int) -> list[int]:
         raw = self.table.get(f"{self.name}|{partition}|hours".encode())

@@ -79,11 +79,15 @@ def run(settings: Settings, *, orders: int, rate: float) -> int:
 
 async def _feed_and_watch(settings: Settings, *, orders: int, rate: float,
                           children: list[subprocess.Popen[bytes]]) -> None:
-    records = simulate.orders(settings, count=orders, seed=int(time.time()) % 1000,
-                              start=datetime.now(UTC), spacing=_spacing(rate))
-    say(f"feeding {orders} simulated orders at {rate:g} events/s; notifications appear below")
+    # Live: each event is produced at its own time, as a shop would send it (an order is
+    # paid a few seconds to minutes after it is placed), so nothing is in the future.
+    records = sorted(simulate.orders(settings, count=orders, seed=int(time.time()) % 1000,
+                                     start=datetime.now(UTC), spacing=_spacing(rate)),
+                     key=lambda r: r.time)
+    say(f"feeding {orders} simulated orders as they happen (about {rate:g} events/s); "
+        "notifications appear below")
     tasks = [
-        asyncio.create_task(simulate.produce(settings, records, rate=rate, progress=False)),
+        asyncio.create_task(simulate.produce(settings, iter(records), live=True, progress=False)),
         asyncio.create_task(_print_outcomes(settings)),
         asyncio.create_task(_watch(children)),
     ]

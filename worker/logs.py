@@ -38,9 +38,11 @@ def logging_config(level: str, fmt: str) -> dict[str, Any]:
                                 "formatter": "default"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
-            # Faust and aiokafka are chatty at info; their warnings still show.
+            # Faust and aiokafka are chatty at info; their warnings still show. httpx logs
+            # every request's URL at info, and an APNs URL holds the device token (PII).
             "faust": {"level": "WARNING"}, "aiokafka": {"level": "WARNING"},
-            "mode": {"level": "WARNING"},
+            "mode": {"level": "WARNING"}, "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"}, "hpack": {"level": "WARNING"},
         },
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
-    CollectorRegistry, Counter, Histogram, Info, disable_created_metrics, generate_latest,
+    CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, generate_latest,
 )
 
 disable_created_metrics()
@@ -43,6 +43,11 @@ suppressed = Counter(
     "notifier_notifications_suppressed_total", "Notifications not sent, by reason",
     ["kind", "reason"], registry=registry,
 )
+fallbacks = Counter(
+    "notifier_notification_fallbacks_total",
+    "Notifications handed to the next channel after a permanent failure on this one",
+    ["kind", "channel"], registry=registry,
+)
 outcomes = Counter(
     "notifier_notifications_total", "Final outcomes of notifications at the senders",
     ["kind", "channel", "outcome"], registry=registry,
@@ -76,4 +81,12 @@ unknown_statuses = Counter(
     "notifier_unknown_carrier_status_total",
     "Checkpoints whose carrier status code has no mapping (kept, milestone unchanged)",
     ["source"], registry=registry,
+)
+retries_waiting = Gauge(
+    "notifier_retries_waiting", "Notifications on the retry topic waiting for their next attempt",
+    ["channel"], registry=registry,
+)
+circuit_open = Gauge(
+    "notifier_circuit_open", "1 while a provider's circuit breaker is open or half-open",
+    ["provider"], registry=registry,
 )

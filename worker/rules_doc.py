@@ -25,18 +25,69 @@ def markdown(rules: Rules) -> str:
         f"Default channel order (when the customer chose none): {', '.join(rules.channel_order)}.",
         f"Language: the customer's locale (zh-CN, zh-TW, en catalogs), else `{rules.fallback_locale}`.",
         "",
-        "| kind | on | priority | channels | trigger | timing | expires after |",
-        "|---|---|---|---|---|---|---|",
+        "| kind | on | priority | channels | trigger | timing | expires after | A/B variants |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rule in rules.kinds.values():
         lines.append(
             f"| `{rule.kind}` | {'yes' if rule.enabled else 'no'} | {rule.priority} | "
             f"{', '.join(rule.channels)} | {rule.trigger} | {rule.timing} | "
-            f"{rule.expires_after_hours:g} h |"
+            f"{rule.expires_after_hours:g} h | {', '.join(rule.variants) or '–'} |"
         )
+    p, high = rules.policy, rules.high_value
     lines += [
         "",
-        "Channel choice: the first channel, in the customer's order, that the kind allows, the",
+        "## Policy",
+        "",
+        f"- Quiet hours {p.quiet_start:%H:%M}–{p.quiet_end:%H:%M} in the customer's own timezone "
+        "(their `quiet_hours` preference overrides it): urgent goes at once, transactional waits "
+        "for the end, marketing waits and is dropped (`quiet_hours_expired`) if it expires first.",
+        f"- At most {p.daily_cap} non-urgent notifications per customer per local day "
+        "(`frequency_capped`); kinds marked uncapped count but are never stopped.",
+        f"- Two non-urgent updates of one order at least {p.min_gap_minutes:g} minutes apart "
+        "(the later one waits).",
+        f"- Service messages stay at least {p.service_ratio:.0%} of what a customer got in "
+        f"{p.ratio_window_days} days (`marketing_ratio`); marketing needs `marketing_opt_in`.",
+        f"- `shipped` without a carrier scan: {p.label_grace_hours:g} h after the label. "
+        f"Not shipped {p.ship_sla_hours:g} h after payment (or by `promised_ship_by`): "
+        f"`ship_delayed` promising {p.ship_delay_days} more day(s), and `alert.ship_sla_breached`.",
+        f"- At most {p.failed_attempts_notified} `delivery_failed` per parcel.",
+        "- Fallback: a channel that fails for good (bounced address, rejected by the provider, "
+        f"retries exhausted) within {p.fallback_hours:g} h of the send hands the notification to "
+        "the customer's next channel, with the id `<id>-fallback`.",
+        "- A tombstone on `customers.preferences` erases the customer: held notifications are "
+        "suppressed (`erased`) and orders placed before it stay silent.",
+        "",
+        "High-value orders (total at or above "
+        + ", ".join(f"{amount} {cur}" for cur, amount in high.thresholds.items())
+        + f"): {', '.join(f'`{k}`' for k in high.kinds)} go on {high.channels} channels, and "
+        "exceptions raise `alert.high_value_exception`.",
+        "",
+        "Stale tracking and delays ([prediction.md](prediction.md)): a moving parcel has stalled "
+        f"after the {rules.prediction.stall_quantile:.0%} quantile of its lane's silences in the "
+        f"same leg (at least {rules.prediction.stall_floor_hours:g} h; "
+        f"{rules.prediction.stall_default_hours:g} h while the lane has fewer than "
+        f"{rules.prediction.min_samples} samples), not counting the carrier's days off "
+        + (", ".join(f"{c}: {'/'.join(('mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun')[d] for d in days)}"
+                     for c, days in rules.prediction.non_working_days.items()) or "none")
+        + f"; at most {rules.prediction.stalls_per_shipment} stalls told per parcel; a label never "
+        f"picked up raises its own alert after {rules.prediction.label_stall_hours:g} h. "
+        f"`delay_notice` when the predicted delivery passes the promise by more than "
+        f"{rules.prediction.delay_tolerance_hours:g} h.",
+        "",
+        "Segments (`customer.segment` of the order):",
+        "",
+    ]
+    for name, seg in rules.segments.items():
+        changes = [f"also {', '.join(f'`{k}`' for k in seg.enable)}" if seg.enable else "",
+                   f"not {', '.join(f'`{k}`' for k in seg.disable)}" if seg.disable else "",
+                   "service messages only" if seg.service_only else ""]
+        lines.append(f"- `{name}`: {'; '.join(c for c in changes if c) or 'the defaults'}.")
+    lines += [
+        "",
+        "## Channel choice",
+        "",
+        "The first channel, in the customer's order, that the kind allows, the",
         "customer opted into (`customer.preferences_updated`), and has a recipient (email address,",
         "E.164 phone, push token, WeChat openid). None left: `notification.suppressed` with reason",
         "`opted_out` or `no_reachable_channel`.",

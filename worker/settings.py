@@ -35,6 +35,11 @@ class Topics:
     alerts: str = "ops.alerts"
     dlq: str = "notifications.dlq"
     intents: str = "notifications.intents"
+    lanes: str = "lanes.observations"  # internal: delivered parcels' journeys, by lane
+    lane_figures: str = "lanes.figures"  # compacted: each lane's latest figures
+    inbox: str = "notifications.inbox"  # the in-app inbox, by customer
+    retry: str = "notifications.retry"  # internal: sends waiting for their next attempt
+    attempts: str = "notifications.attempts"  # internal, compacted: a send begun, by id
 
     def dispatch(self, channel: str) -> str:
         return f"{self.dispatch_prefix}.{channel}"
@@ -64,12 +69,35 @@ class Settings:
     smtp_starttls: bool = False
     email_from: str = "notifications@shop.example"
     sms_url: str = "http://127.0.0.1:6071"
+    sms_account_sid: str = "AC0000000000000000000000000000dev"
+    sms_auth_token: str = "dev-auth-token"
+    sms_from: str = "+15005550006"
     push_url: str = "http://127.0.0.1:6072"
+    push_project: str = "order-notifier-dev"
+    push_access_token: str = "dev-oauth-access-token"  # FCM's OAuth 2 bearer token
+    apns_url: str = "http://127.0.0.1:6075"
+    apns_team_id: str = "DEVTEAM123"
+    apns_key_id: str = "DEVKEY1234"
+    apns_key_file: Path = PROJECT_ROOT / "worker" / "dev" / "apns-dev-key.p8"  # a dev key, no secret
+    apns_topic: str = "dev.order-notifier.app"  # the app's bundle id
     wechat_url: str = "http://127.0.0.1:6073"
+    wechat_app_id: str = "wx00000000000000dev"
+    wechat_app_secret: str = "dev-app-secret"
+    wechat_template_id: str = "order-status-update"
     webhook_url: str = "http://127.0.0.1:6074/webhooks"
     webhook_secret: str = "whsec_b3JkZXItbm90aWZpZXItZGV2ZWxvcG1lbnQta2V5"
 
+    provider_timeout_seconds: float = 10.0
+    ledger_days: int = 7  # the senders' ledger: outcomes of the last this many days, read at start
+    retry_attempts: int = 8  # provider calls per notification before it fails for good
+    retry_base_seconds: float = 15.0  # the first wait; doubled each time, up to the max
+    retry_max_seconds: float = 600.0  # so 8 attempts span about 26 minutes, with jitter
+    # Calls a second per provider (token buckets); unlisted providers are not limited.
+    provider_rates: str = "twilio=10,fcm=500,wechat=100,smtp=200,webhook=200"
+    breaker_failures: int = 20  # failures in a row that open a provider's circuit
+    breaker_seconds: float = 30.0  # how long it stays open before one trial call
     outbox: Path = Path("var/outbox.jsonl")
+    sink_faults: str = ""  # the sinks' injected faults: "error=0.3,throttle=0.1,timeout=0.05"
     kafka_libs: Path = PROJECT_ROOT / ".cache" / "kafka-libs"
     max_event_bytes: int = 1024 * 1024
     tick_seconds: int = 1
@@ -81,6 +109,12 @@ class Settings:
         return [s.strip() for s in self.kafka_bootstrap.split(",")]
 
     @property
+    def rates(self) -> dict[str, float]:
+        """Calls a second per provider, from ``provider_rates``."""
+        pairs = (p.split("=") for p in self.provider_rates.split(",") if p.strip())
+        return {name.strip(): float(rate) for name, rate in pairs}
+
+    @property
     def event_clock(self) -> bool:
         return self.clock == "event"
 
@@ -90,7 +124,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("json", "text"),
 }
-_URLS = ("sms_url", "push_url", "wechat_url", "webhook_url", "public_url")
+_URLS = ("sms_url", "push_url", "apns_url", "wechat_url", "webhook_url", "public_url")
 
 
 def env_names() -> list[str]:
@@ -136,6 +170,14 @@ def _parse(name: str, raw: str, default: Any) -> Any:
             return int(raw)
         except ValueError:
             raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if isinstance(default, float):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: expected a number") from None
+        if value < 0:
+            raise SettingsError(f"{name}={raw!r}: expected a number not below 0")
+        return value
     if isinstance(default, Path):
         return Path(_non_empty(name, raw))
     return raw
@@ -176,6 +218,14 @@ def _check(s: Settings) -> None:
         raise SettingsError(f"{PREFIX}WEBHOOK_SECRET: expected a Standard Webhooks secret (whsec_…)")
     if s.partitions < 1:
         raise SettingsError(f"{PREFIX}PARTITIONS={s.partitions}: expected 1 or more")
+    if not s.apns_key_file.is_file():
+        raise SettingsError(f"{PREFIX}APNS_KEY_FILE={str(s.apns_key_file)!r}: no such file "
+                            "(the APNs signing key, .p8)")
+    try:
+        s.rates
+    except ValueError:
+        raise SettingsError(f"{PREFIX}PROVIDER_RATES={s.provider_rates!r}: expected "
+                            "provider=calls_per_second[,provider=…]") from None
     if not s.store.startswith(("memory://", "rocksdb://")):
         raise SettingsError(f"{PREFIX}STORE={s.store!r}: expected memory:// or rocksdb://")
     if not s.rules.is_file():

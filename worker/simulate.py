@@ -13,13 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from worker import codec
+from worker import codec, journeys
 from worker.settings import Settings
 
 SHOPS = [
@@ -101,8 +101,6 @@ def orders(settings: Settings, *, count: int, seed: int, start: datetime,
                      {"order_id": order_id, "paid_at": paid.isoformat()})
 
 
-SHIP_STATUSES = ("PICKED_UP", "IN_TRANSIT", "IN_TRANSIT", "ARRIVED_AT_DESTINATION",
-                 "OUT_FOR_DELIVERY", "DELIVERED")
 RAW = {  # a canonical milestone as each aggregator or carrier would report it
     "PICKED_UP": [{"source": "aftership", "tag": "InTransit", "subtag": "InTransit_002"},
                   {"source": "sf-express", "code": "50"}, {"source": "zto", "code": "收件"}],
@@ -115,18 +113,20 @@ RAW = {  # a canonical milestone as each aggregator or carrier would report it
                   {"source": "zto", "code": "签收"}],
     "DELIVERY_FAILED": [{"source": "aftership", "tag": "AttemptFail"}],
 }
-CARRIERS = {"CNY": ("sf-express", "zto", "jd"), "TWD": ("chunghwa-post",), "USD": ("ups", "fedex", "usps"),
-            "GBP": ("dhl",)}
 
 
 def stories(settings: Settings, *, count: int, seed: int, start: datetime,
-            days: float = 14, tick_minutes: float = 10, customers: int = 0) -> Iterator[Record]:
+            days: float = 14, tick_minutes: float = 10, customers: int = 0,
+            truths: list[journeys.Truth] | None = None,
+            incidents: tuple[journeys.Incident, ...] = ()) -> Iterator[Record]:
     """Whole order lifecycles over ``days`` of event time, in arrival order, with
     ``clock.tick`` on every partition every ``tick_minutes``: the event-clock stream.
 
-    Shipping, scans (canonical and carriers' own codes, a few unknown), failed
-    attempts, exceptions, split parcels, late and duplicate scans, cancellations,
-    returns, and preference updates (quiet hours, opt-ins and opt-outs, erasure).
+    Shipping on realistic lanes (:mod:`worker.journeys`), scans (canonical and carriers'
+    own codes, a few unknown), stalls, lost parcels, lane ``incidents``, failed attempts,
+    exceptions, split parcels, late and duplicate scans, cancellations, returns, and
+    preference updates (quiet hours, opt-ins and opt-outs, erasure). ``truths`` (a list)
+    receives what really happened to each parcel.
     """
     rng = random.Random(seed)
     pool = customers or max(1, count * 2 // 5)
@@ -141,7 +141,7 @@ def stories(settings: Settings, *, count: int, seed: int, start: datetime,
 
     for n in range(count):
         placed = start + spacing * n + timedelta(seconds=rng.randint(0, 59))
-        for record in _story(settings, rng, n, placed, pool, seed):
+        for record in _story(settings, rng, n, placed, pool, seed, truths, incidents):
             add(record.time, record)
     # Preferences: some customers set quiet hours, opt in to marketing or out of email.
     for customer_no in rng.sample(range(pool), k=pool // 5):
@@ -175,7 +175,8 @@ def _customer(customer_no: int, rng_seed: int) -> dict[str, Any]:
 
 
 def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, pool: int,
-           seed: int) -> Iterator[Record]:
+           seed: int, truths: list[journeys.Truth] | None,
+           incidents: tuple[journeys.Incident, ...]) -> Iterator[Record]:
     orders_topic, tracking = settings.topics.orders, settings.topics.tracking
     customer_no = rng.randrange(pool)
     person = _customer(customer_no, seed)
@@ -188,6 +189,10 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
               "category": category} for sku, name, price, category in lines]
     total = sum(Decimal(i["unit_price"]) * i["quantity"] for i in items) * RATE[currency]
     ship_by = placed + timedelta(hours=48)
+    lanes = journeys.LANES[currency]
+    lane = lanes[rng.randrange(len(lanes))]
+    # The shop promises a day to ship, the lane's usual time and a day's margin.
+    promise = placed + timedelta(hours=48 + lane.typical_hours * 1.2)
 
     def order_event(kind: str, at: datetime, data: dict[str, Any], suffix: str) -> Record:
         return Record(orders_topic, order_id, kind, f"evt-{order_id}-{suffix}", source, at,
@@ -197,7 +202,7 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
         "shop": {k: v for k, v in shop.items() if k != "currency"}, "customer": person,
         "items": items, "total": {"amount": f"{total:.2f}", "currency": currency},
         "placed_at": placed.isoformat(), "promised_ship_by": ship_by.isoformat(),
-        "promised_delivery_by": (placed + timedelta(days=5)).isoformat(),
+        "promised_delivery_by": promise.isoformat(),
         "sales_channel": rng.choice(["web", "app", "wechat"]),
     }, "c")
     if rng.random() < 0.03:  # never paid, cancelled by the shop
@@ -221,16 +226,19 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
     last_delivery = None
     for p in range(1, parcels + 1):
         sid = f"{order_id}-{p}"
-        carrier = rng.choice(CARRIERS[currency])
+        carrier = lane.carrier
         number = f"{carrier[:2].upper()}{rng.randrange(10**11, 10**12)}"
         label_at = ship_at + timedelta(minutes=rng.randint(0, 90) * (p - 1))
         yield order_event("order.shipped", label_at, {
             "shipment_id": sid, "carrier": carrier, "tracking_number": number,
             "shipped_at": label_at.isoformat(),
-            "origin": {"country": "CN", "region": "ZJ"},
-            "destination": {"country": "CN" if currency == "CNY" else "US", "region": "SH"},
+            "origin": lane.origin, "destination": lane.destination,
         }, f"s{p}")
-        for scan_no, (status, occurred, reason) in enumerate(_scans(rng, label_at)):
+        truth = journeys.Truth(sid, order_id, lane.key, promise.isoformat())
+        if truths is not None:
+            truths.append(truth)
+        for scan_no, (status, occurred, reason) in enumerate(
+                journeys.journey(rng, lane, label_at, truth, incidents)):
             checkpoint: dict[str, Any] = {"occurred_at": occurred.isoformat()}
             if status in RAW and rng.random() < 0.3:
                 checkpoint["raw_status"] = rng.choice(RAW[status])
@@ -264,30 +272,6 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
             yield order_event(step, at, {"at": at.isoformat()}, suffix)
 
 
-def _scans(rng: random.Random, label_at: datetime) -> list[tuple[str, datetime, str | None]]:
-    """One parcel's checkpoints in physical order."""
-    scans: list[tuple[str, datetime, str | None]] = []
-    at = label_at
-    skip_pickup = rng.random() < 0.1  # the carrier's first scan is an in-transit one
-    for status in SHIP_STATUSES:
-        at += timedelta(hours=rng.uniform(0.5, 3) if status == "OUT_FOR_DELIVERY" else
-                        rng.uniform(2, 20))
-        if status == "PICKED_UP" and skip_pickup:
-            continue
-        if status == "ARRIVED_AT_DESTINATION" and rng.random() < 0.02:
-            scans.append(("EXCEPTION", at, rng.choice(["weather", "address", "damaged"])))
-            at += timedelta(hours=rng.uniform(6, 30))
-        if status == "IN_TRANSIT" and rng.random() < 0.01:
-            scans.append(("UNKNOWN", at, None))
-        if status == "DELIVERED" and rng.random() < 0.08:  # a failed attempt, then again
-            scans.append(("DELIVERY_FAILED", at, None))
-            at += timedelta(hours=rng.uniform(18, 26))
-            scans.append(("OUT_FOR_DELIVERY", at, None))
-            at += timedelta(hours=rng.uniform(0.5, 3))
-        scans.append((status, at, None))
-    return scans
-
-
 def _preferences(settings: Settings, rng: random.Random, customer_no: int, at: datetime) -> Record:
     customer_id = f"CU-{customer_no:05d}"
     draw = rng.random()
@@ -305,14 +289,17 @@ def _preferences(settings: Settings, rng: random.Random, customer_no: int, at: d
 
 
 async def produce(settings: Settings, records: Iterator[Record], *, rate: float = 0.0,
-                  progress: bool = True) -> int:
-    """Send records in order; ``rate`` events per second (0: as fast as possible)."""
+                  live: bool = False, progress: bool = True) -> int:
+    """Send records in order; ``rate`` events per second (0: as fast as possible), or
+    ``live``: each at its own event time on this machine's clock."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_servers, linger_ms=5,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     sent, began, last_report = 0, time.monotonic(), time.monotonic()
     try:
         for record in records:
+            if live and (wait := (record.time - datetime.now(UTC)).total_seconds()) > 0:
+                await asyncio.sleep(wait)
             value, headers = record.encoded()
             await producer.send(record.topic, value, key=record.key.encode(), headers=headers,
                                 partition=record.partition)

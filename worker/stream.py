@@ -16,25 +16,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import tomllib
-from dataclasses import asdict
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 import orjson
 from aiohttp import web
 
 from worker import codec, metrics
 from worker.agenda import Agenda
+from worker.lane_book import LaneBook
 from worker.codec import BadInput
-from worker.domain import customer, order
+from worker.domain import customer, lanes, order
 from worker.domain.clock import Clock
 from worker.domain.envelope import Envelope
 from worker.domain.notification import Intent
+from worker.domain.plain import plain
 from worker.domain.milestones import carrier_table
 from worker.domain.rules import CHANNELS, Rules, parse
-from worker.render import catalog_locale, render
+from worker.render import catalog_locale, for_channel, render
 from worker.settings import Settings
 
 log = logging.getLogger("worker.stream")
@@ -98,7 +101,8 @@ class Pipeline:
         self.app, self.settings, self.rules = app, settings, load_rules(settings)
         t, n = settings.topics, settings.partitions
         self.order_inputs = raw_topic(app, t.orders, t.tracking)
-        self.customer_inputs = raw_topic(app, t.intents, t.preferences)
+        # Outcomes come back to the customer stage: a permanent failure falls back.
+        self.customer_inputs = raw_topic(app, t.intents, t.preferences, t.sent)
         self.intents = raw_topic(app, t.intents)
         self.tracking = raw_topic(app, t.tracking)
         self.sent = raw_topic(app, t.sent)
@@ -117,9 +121,16 @@ class Pipeline:
         self.customers = raw_table(app, "customers", n)
         self.customer_agenda = Agenda(raw_table(app, "customer_agenda", n), "release")
         self.watermarks = raw_table(app, "watermarks", n)
+        self.lane_inputs = raw_topic(app, t.lanes)
+        self.lane_figures_topic = raw_topic(app, t.lane_figures)
+        self.lane_book = LaneBook(raw_table(app, "lane_days", n), self.rules.prediction)
+        # Every worker follows every lane's figures: the order stage of any partition asks.
+        self.lane_figures: dict[str, dict[str, Any]] = {}
 
         app.agent(self.order_inputs, name="order_stage")(self._order_stage)
         app.agent(self.customer_inputs, name="customer_stage")(self._customer_stage)
+        app.agent(self.lane_inputs, name="lane_stage")(self._lane_stage)
+        app.task(self._follow_lane_figures)
         app.timer(settings.tick_seconds, on_leader=True)(self._publish_wall_tick)
         app.page("/metrics")(self._metrics)
         app.page("/healthz")(self._healthz)
@@ -134,6 +145,10 @@ class Pipeline:
     async def _customer_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             await self._guarded(event, self._on_customer_input)
+
+    async def _lane_stage(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await self._guarded(event, self._on_lesson)
 
     async def _guarded(self, event: faust.EventT, handle: Any) -> None:
         message = event.message
@@ -212,41 +227,67 @@ class Pipeline:
             allowed = min(target, seen)
         if allowed <= self.decided_until.get(partition, allowed - timedelta(seconds=1)):
             return
-        for order_id in self.order_agenda.pop_due(partition, allowed):
-            await self._wake_order(partition, order_id, allowed)
+        woken: dict[str, order.OrderState] = {}
+        acks: list[Awaitable[Any]] = []
+        await self.order_agenda.drain(partition, allowed, lambda due, order_id: self._wake_order(
+            order_id, self._moment(due, allowed), woken, acks))
+        # What was decided is acknowledged by the broker before the states that remember it
+        # are written: a crash in between repeats the decisions (same ids, de-duplicated
+        # downstream) instead of losing them. One wait for the whole pass, not one an order.
+        await asyncio.gather(*acks)
+        for order_id, state in woken.items():
+            self.orders[order_id.encode()] = orjson.dumps(state.to_dict())
         await self._forward_tick(partition, allowed)
         self.decided_until[partition] = allowed
 
     def _orders_caught_up(self, partition: int, offset: int | None) -> bool:
         """Read to the end of the orders partition, as far as the last fetch knows."""
+        tp = TP(self.settings.topics.orders, partition)
         try:
-            highwater = self.app.consumer.highwater(TP(self.settings.topics.orders, partition))
+            highwater = self.app.consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - not fetched yet, or not assigned here
             return False
+        if offset is None:
+            # Nothing read since this worker started: it resumed from its committed offset
+            # (the next to read), and everything before that was processed before.
+            committed = self.app.consumer._committed_offset.get(tp)
+            offset = committed - 1 if committed else None
         return highwater is not None and (highwater == 0 or (
             offset is not None and offset + 1 >= highwater))
 
-    async def _wake_order(self, partition: int, order_id: str, now: datetime) -> None:
-        state = self._order(order_id)
+    def _moment(self, due: datetime, reached: datetime) -> datetime:
+        """When a wake-up happens. Under the event clock, at its own due time: the same
+        stream gives the same decisions however its topics' reads interleave. Under the
+        wall clock, now: a decision made late is judged by the time it really goes."""
+        return due if self.settings.event_clock else reached
+
+    async def _wake_order(self, order_id: str, now: datetime, woken: dict[str, order.OrderState],
+                          acks: list[Awaitable[Any]]) -> datetime | None:
+        """Decide what is due for one order and publish it (acknowledgements into ``acks``,
+        the new state into ``woken``); answers when the order is next due."""
+        state = woken.get(order_id) or self._order(order_id)
         if state is None:
-            return
-        decisions = order.wake(state, now, self.rules)
-        # What was decided is acknowledged by the broker before the state that remembers it
-        # is written: a crash in between repeats the decisions (same ids, de-duplicated
-        # downstream) instead of losing them.
-        pending = []
+            return None
+        decisions = order.wake(state, now, self.rules, self._lanes)
         for intent in decisions.intents:
             metrics.decided.labels(intent.kind).inc()
-            pending.append(self._send(self.intents, intent.customer_id, "notification.intended",
-                                      intent.notification_id, intent.order_id, asdict(intent)))
+            acks.append(await self._publish(self.intents, intent.customer_id, "notification.intended",
+                                            intent.notification_id, intent.order_id, plain(intent)))
         for alert in decisions.alerts:
             metrics.alerts_raised.labels(alert.type).inc()
-            pending.append(self._send(self.alerts, alert.key, alert.type, alert.alert_id,
-                                      alert.order_id or alert.key, alert.data()))
-        await asyncio.gather(*pending)
-        self.orders[order_id.encode()] = orjson.dumps(decisions.state.to_dict())
-        if upcoming := order.next_wake(decisions.state, now, self.rules):
-            self.order_agenda.add(partition, datetime.fromisoformat(upcoming), order_id)
+            acks.append(await self._publish(self.alerts, alert.key, alert.type, alert.alert_id,
+                                            alert.order_id or alert.key, alert.data()))
+        for lesson in decisions.lessons:
+            for lane in lesson.lanes:
+                acks.append(await self._publish(
+                    self.lane_inputs, lane, "lane.observed", f"lane-{lesson.parcel}-{lane}",
+                    order_id, {"lane": lane, "day": lesson.day, "parcel": lesson.parcel,
+                               "journey": lesson.journey, "stalled_at": lesson.stalled_at}))
+        woken[order_id] = decisions.state
+        return datetime.fromisoformat(decisions.next_wake) if decisions.next_wake else None
+
+    def _lanes(self, keys: Any) -> list[dict[str, Any]]:
+        return [self.lane_figures[k] for k in keys if k in self.lane_figures]
 
     def _order(self, order_id: str) -> order.OrderState | None:
         saved = self.orders.get(order_id.encode())
@@ -296,6 +337,42 @@ class Pipeline:
         for partition in range(self.settings.partitions):
             await self._tick(self.tracking, partition, now)
 
+    # -- lanes ----------------------------------------------------------------------------
+
+    async def _on_lesson(self, event: faust.EventT) -> None:
+        """A delivered parcel's journey: into its lane's day bucket, and the lane's new
+        figures onto the compacted figures topic."""
+        m = event.message
+        observed = orjson.loads(m.value)
+        lane = observed["lane"]
+        metrics.events_consumed.labels(m.topic, "lane.observed").inc()
+        if observed.get("stalled_at"):
+            figures, started = self.lane_book.stalled(lane, observed["stalled_at"])
+            if started:
+                alert = lanes.incident_alert(lane, figures["incident"])
+                metrics.alerts_raised.labels(alert.type).inc()
+                await self._send(self.alerts, lane, alert.type, alert.alert_id, lane, alert.data())
+        else:
+            figures = self.lane_book.learn(lane, observed["day"], observed["journey"])
+        await self._send(self.lane_figures_topic, lane, "lane.figures",
+                         f"figures-{observed['parcel']}-{lane}", lane, figures)
+
+    async def _follow_lane_figures(self) -> None:
+        """Read every lane's latest figures, from the start of the compacted topic on."""
+        topic, n = self.settings.topics.lane_figures, self.settings.partitions
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_servers,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(n)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            async for record in consumer:
+                if record.key and record.value:
+                    self.lane_figures[record.key.decode()] = orjson.loads(record.value)
+        finally:
+            await consumer.stop()
+
     # -- customer stage -------------------------------------------------------------------
 
     async def _on_customer_input(self, event: faust.EventT) -> None:
@@ -304,17 +381,18 @@ class Pipeline:
             await self._on_preferences(m)
             return
         event_type = _header(m.headers, "ce_type")
+        if m.topic == self.settings.topics.sent:
+            if event_type == "notification.failed":
+                await self._on_failed(m.partition, orjson.loads(m.value))
+            return
         metrics.events_consumed.labels(m.topic, event_type).inc()
         data = orjson.loads(m.value)
         if event_type == "clock.tick":
             now = self._watermark(m.partition, data)
             if now is None:
                 return
-            for customer_id in self.customer_agenda.pop_due(m.partition, now):
-                state = self._customer(customer_id)
-                if state is not None:
-                    actions = customer.release(state, now, self.rules, self.settings.webhook_url)
-                    await self._settle_customer(m.partition, state, actions)
+            await self.customer_agenda.drain(m.partition, now, lambda due, customer_id: (
+                self._release(customer_id, self._moment(due, now))))
             return
         intent = Intent.from_dict(data)
         # Judged at the moment the order stage decided it: the same input gives the same
@@ -323,7 +401,30 @@ class Pipeline:
         state = self._customer(intent.customer_id) or customer.CustomerState(intent.customer_id)
         customer.prune(state, now, self.rules)
         actions = customer.decide(state, intent, now, self.rules, self.settings.webhook_url)
-        await self._settle_customer(m.partition, state, actions)
+        await self._settle_customer(state, actions)
+        self._plan_release(m.partition, state)
+
+    async def _release(self, customer_id: str, now: datetime) -> datetime | None:
+        """Release what a customer has waiting; answers when the next is due."""
+        state = self._customer(customer_id)
+        if state is None:
+            return None
+        actions = customer.release(state, now, self.rules, self.settings.webhook_url)
+        await self._settle_customer(state, actions)
+        return datetime.fromisoformat(state.next_release) if state.next_release else None
+
+    async def _on_failed(self, partition: int, outcome: dict[str, Any]) -> None:
+        """A channel failed for good: try the customer's next one."""
+        state = self._customer(outcome["customer_id"])
+        if state is None:
+            return
+        now = datetime.fromisoformat(outcome["occurred_at"])
+        actions = customer.fallback(state, outcome["notification_id"], now, self.rules,
+                                    self.settings.webhook_url, outcome.get("reason", ""))
+        if actions:
+            metrics.fallbacks.labels(outcome["kind"], outcome["channel"]).inc()
+        await self._settle_customer(state, actions)  # also keeps a dead push token's end
+        self._plan_release(partition, state)
 
     def _watermark(self, partition: int, tick: dict[str, Any]) -> datetime | None:
         """The time every order partition has reached, as far as this partition has heard."""
@@ -338,11 +439,13 @@ class Pipeline:
             return None
         return min(datetime.fromisoformat(h.decode()) for h in heard if h is not None)
 
-    async def _settle_customer(self, partition: int, state: customer.CustomerState,
+    async def _settle_customer(self, state: customer.CustomerState,
                                actions: list[customer.Action]) -> None:
         """Carry out the actions, then write the state that remembers them."""
         await asyncio.gather(*(self._carry_out(a) for a in actions))
         self.customers[state.customer_id.encode()] = orjson.dumps(state.to_dict())
+
+    def _plan_release(self, partition: int, state: customer.CustomerState) -> None:
         if state.next_release:
             self.customer_agenda.add(partition, datetime.fromisoformat(state.next_release),
                                      state.customer_id)
@@ -357,7 +460,9 @@ class Pipeline:
             await asyncio.gather(*(self._dispatch(intent, r) for r in action.routes))
 
     async def _dispatch(self, intent: Intent, route: customer.Route) -> None:
-        facts = {**intent.facts, "order_id": intent.order_id,
+        rule = self.rules.kinds.get(intent.kind)
+        variant = rule.variant(intent.customer_id) if rule else None
+        facts = {**intent.facts, "order_id": intent.order_id, "variant": variant,
                  "tracking_url": self._tracking_url(intent)}
         locale = catalog_locale(route.locale, self.rules.fallback_locale)
         content = render(intent.kind, locale, route.timezone, facts)
@@ -370,7 +475,8 @@ class Pipeline:
             "channel": route.channel,
             "locale": route.locale or locale.replace("_", "-"),
             "recipient": route.recipient,
-            "content": content.as_dict(),
+            "content": for_channel(route.channel, content, intent.order_id, facts["tracking_url"],
+                                   self.settings.wechat_template_id),
             "tracking_url": facts["tracking_url"],
             "created_at": intent.created_at,
             "caused_by": intent.caused_by,
@@ -379,6 +485,8 @@ class Pipeline:
         for optional in ("shipment_id", "not_before", "expires_at"):
             if getattr(intent, optional):
                 command[optional] = getattr(intent, optional)
+        if variant:
+            command["variant"] = variant
         metrics.dispatched.labels(intent.kind, route.channel).inc()
         await self._send(self._dispatch_topic(route.channel), intent.customer_id,
                          "notification.requested", route.notification_id, intent.order_id,
@@ -397,10 +505,12 @@ class Pipeline:
         customer_id = m.key.decode("utf-8", "replace") if m.key else ""
         if m.value is None:  # tombstone: the customer asked to be forgotten
             metrics.events_consumed.labels(m.topic, "tombstone").inc()
-            state = self._customer(customer_id) if customer_id else None
-            if state is not None:
-                await asyncio.gather(*(self._carry_out(a) for a in customer.erase(state)))
-                del self.customers[m.key]
+            if not customer_id:
+                raise BadInput("missing_key", "a tombstone needs the customer id as its key")
+            state = self._customer(customer_id) or customer.CustomerState(customer_id)
+            erased_at = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else _wall_now()
+            await asyncio.gather(*(self._carry_out(a) for a in customer.erase(state, erased_at)))
+            self.customers[m.key] = orjson.dumps(state.to_dict())
             return
         envelope = codec.decode(m.key, m.value, m.headers, accepted_types=PREFERENCE_TYPES,
                                 max_bytes=self.settings.max_event_bytes)
@@ -431,10 +541,14 @@ class Pipeline:
     async def _send(self, topic: faust.TopicT, key: str, event_type: str, event_id: str,
                     subject: str, data: Any) -> None:
         """Send one binary-mode CloudEvent and wait for the broker's acknowledgement."""
+        await (await self._publish(topic, key, event_type, event_id, subject, data))
+
+    async def _publish(self, topic: faust.TopicT, key: str, event_type: str, event_id: str,
+                       subject: str, data: Any) -> Awaitable[Any]:
+        """Hand one binary-mode CloudEvent to the producer; answers its acknowledgement."""
         value, headers = codec.encode(event_type=event_type, event_id=event_id, source=SOURCE,
                                       time=_wall_now(), data=data, subject=subject)
-        pending = await topic.send(key=key.encode(), value=value, headers=headers, force=True)
-        await pending
+        return await topic.send(key=key.encode(), value=value, headers=headers, force=True)
 
     # -- web ------------------------------------------------------------------------------
 

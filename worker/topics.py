@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,7 +28,12 @@ def specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.preferences: {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
         t.engagement: {"max.message.bytes": str(MAX_MESSAGE_BYTES)},
         t.intents: {},
+        t.lanes: {},
+        t.lane_figures: {"cleanup.policy": "compact"},
         t.sent: {},
+        t.inbox: {},
+        t.retry: {},
+        t.attempts: {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 86400_000)},
         t.alerts: {},
         t.dlq: {"max.message.bytes": str(MAX_MESSAGE_BYTES), "retention.ms": str(30 * 86400_000)},
     }
@@ -91,8 +97,9 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str],
         await asyncio.sleep(0.2)
 
 
-async def read_all(servers: list[str] | str, topic: str) -> list[Any]:
-    """Every record of ``topic`` from the beginning up to its end at the time of the call."""
+async def read_all(servers: list[str] | str, topic: str, since: datetime | None = None) -> list[Any]:
+    """Every record of ``topic`` (or those written at or after ``since``) up to its end at
+    the time of the call."""
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False,
                                 max_partition_fetch_bytes=16 * 1024 * 1024,
                                 fetch_max_bytes=64 * 1024 * 1024)
@@ -104,10 +111,15 @@ async def read_all(servers: list[str] | str, topic: str) -> list[Any]:
         if not tps:
             return []
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
+        starts = dict.fromkeys(tps, 0)
+        if since is not None:
+            found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+            starts = {tp: found[tp].offset if found[tp] else ends[tp] for tp in tps}
+        remaining = {tp for tp in tps if starts[tp] < ends[tp]}
+        for tp in remaining:
+            consumer.seek(tp, starts[tp])
         records: list[Any] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, batch in batches.items():

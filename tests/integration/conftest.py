@@ -35,7 +35,8 @@ class Stack:
         self.workdir = workdir
         self.outbox = workdir / "outbox.jsonl"
         self.topics = {name: f"t{run}.{name}" for name in (
-            "orders", "tracking", "preferences", "engagement", "sent", "alerts", "dlq", "intents")}
+            "orders", "tracking", "preferences", "engagement", "sent", "alerts", "dlq", "intents",
+            "lanes", "lane_figures", "inbox", "retry", "attempts")}
         self.dispatch_prefix = f"t{run}.dispatch"
         self.web_port = free_port()
         self.env = {
@@ -48,6 +49,11 @@ class Stack:
             "NOTIFIER_SENDERS_WEB_PORT": str(free_port()),
             "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
             "NOTIFIER_SMTP_PORT": str(free_port()),
+            "NOTIFIER_SMS_URL": f"http://127.0.0.1:{free_port()}",
+            "NOTIFIER_PUSH_URL": f"http://127.0.0.1:{free_port()}",
+            "NOTIFIER_APNS_URL": f"http://127.0.0.1:{free_port()}",
+            "NOTIFIER_WECHAT_URL": f"http://127.0.0.1:{free_port()}",
+            "NOTIFIER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks",
             "NOTIFIER_TOPIC_DISPATCH_PREFIX": self.dispatch_prefix,
             **{f"NOTIFIER_TOPIC_{k.upper()}": v for k, v in self.topics.items()},
         }

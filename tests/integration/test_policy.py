@@ -2,6 +2,10 @@
 
 Everything is checked from what left the system: the sinks' outbox and
 ``notifications.sent``. The expectations come from the generated stream itself.
+
+`make test` replays 2,000 orders (the worker takes about six minutes for 5,000 on two
+cores, which would put the suite past its ten-minute budget); `make test-policy` and
+``NOTIFIER_POLICY_ORDERS=5000`` replay all 5,000.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import pytest
 
 from tests.integration.kafka_io import read_all
 from worker import settings as settings_module, simulate
+from worker.settings import CHANNELS
 from worker.domain.milestones import canonical
 from worker.stream import load_rules
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 10, 19, tzinfo=UTC)  # spans the end of DST in London and Los Angeles
-ORDERS = 5000
+ORDERS = int(os.environ.get("NOTIFIER_POLICY_ORDERS", "2000"))
 ONCE_PER_PARCEL = ("shipped", "delivered", "customs_hold", "available_for_pickup",
                    "in_transit_update")
 ONCE_PER_ORDER = ("order_confirmed", "ship_delayed", "review_request", "order_cancelled")
@@ -48,9 +53,10 @@ def consumed(stack) -> float:
                        if line.startswith("notifier_duplicate_events_total{"))
 
 
-def settled(stack, settings, inputs: int, quiet_seconds: float = 10,
+def settled(stack, settings, inputs: int, quiet_seconds: float = 20,
             timeout: float = 480) -> list[dict]:
-    """Outcomes once the worker has read every input and their number stopped growing."""
+    """Outcomes once the worker has read every input, every command dispatched has its
+    outcome, and their number stopped growing."""
     deadline = time.monotonic() + timeout
     while consumed(stack) < inputs:
         assert time.monotonic() < deadline, f"worker read {consumed(stack)} of {inputs} inputs"
@@ -61,9 +67,18 @@ def settled(stack, settings, inputs: int, quiet_seconds: float = 10,
         if len(seen) != last:
             last, since = len(seen), time.monotonic()
         elif time.monotonic() - since > quiet_seconds:
-            return seen
+            done = len({o["notification_id"] for o in seen if o["type"] != "notification.suppressed"})
+            if done >= dispatched(settings):
+                return seen
+            since = time.monotonic()  # the senders are still at it
         time.sleep(2)
     pytest.fail(f"outcomes still growing after {timeout} s ({last})")
+
+
+def dispatched(settings) -> int:
+    """Distinct notifications dispatched to the senders (a command may be written twice)."""
+    return len({dict(r.headers)["ce_id"] for c in CHANNELS for r in asyncio.run(
+        read_all(settings.kafka_bootstrap, settings.topics.dispatch(c)))})
 
 
 def inside(local: clock_time, window: tuple[str, str]) -> bool:
@@ -72,17 +87,17 @@ def inside(local: clock_time, window: tuple[str, str]) -> bool:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(not os.environ.get("NOTIFIER_POLICY_REPLAY"),
-                    reason="issue 3 open: fails on event-time ordering across topics in a fast "
-                    "replay; run with NOTIFIER_POLICY_REPLAY=1 (about 5 min)")
 def test_five_thousand_orders_over_fourteen_days_follow_the_policy(stack):
     stack.env["NOTIFIER_CLOCK"] = "event"
+    # Fourteen days in minutes: real-time rate limits (SMS 10 a second) would stretch it.
+    stack.env["NOTIFIER_PROVIDER_RATES"] = ""
     settings = settings_module.load(stack.env)
     rules = load_rules(settings)
     for command in ("sinks", "worker", "senders"):
         stack.start(command)
     stack.wait_ready()
-    records = list(simulate.stories(settings, count=ORDERS, seed=11, start=START, days=14))
+    records = list(simulate.stories(settings, count=ORDERS, seed=11, start=START, days=14,
+                                    tick_minutes=30))
     asyncio.run(simulate.produce(settings, iter(records), progress=False))
     began = time.monotonic()
     seen = settled(stack, settings, inputs=len(records))
@@ -110,9 +125,15 @@ def test_five_thousand_orders_over_fourteen_days_follow_the_policy(stack):
         return merged
 
     sent = [o for o in seen if o["type"] == "notification.sent"]
-    outbox = {e["request"]["notification_id"] for e in stack.outbox_entries()}
-    assert {o["notification_id"] for o in sent} == outbox, "outbox and notification.sent disagree"
-    assert len(outbox) == len(stack.outbox_entries()), "a notification reached the sink twice"
+    # What the providers took (WeChat and webhook receivers drop a repeat themselves), and
+    # the in-app inbox.
+    taken = [e["request"]["notification_id"] for e in stack.outbox_entries()
+             if not e["request"].get("duplicate")]
+    taken += [orjson.loads(r.value)["notification_id"]
+              for r in asyncio.run(read_all(settings.kafka_bootstrap, settings.topics.inbox))]
+    outbox = set(taken)
+    assert {o["notification_id"] for o in sent} == outbox, "the providers and notification.sent disagree"
+    assert len(outbox) == len(taken), "a notification reached its provider twice"
 
     kinds = Counter(o["kind"] for o in sent)
     paid = sum(1 for r in records if r.event_type == "order.paid")
@@ -124,6 +145,9 @@ def test_five_thousand_orders_over_fourteen_days_follow_the_policy(stack):
 
     per_parcel, per_order = Counter(), Counter()
     first = defaultdict(dict)
+    # High-value orders hear the important kinds on two channels, the second id ending in
+    # "-<channel>": that is one piece of news, counted once.
+    sent = [o for o in sent if not any(o["notification_id"].endswith(f"-{c}") for c in CHANNELS)]
     for o in sent:
         at = datetime.fromisoformat(o["occurred_at"])
         if o["kind"] in ONCE_PER_PARCEL:

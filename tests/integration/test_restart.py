@@ -21,25 +21,27 @@ pytestmark = pytest.mark.integration
 START = datetime(2026, 11, 2, 2, tzinfo=UTC)
 
 
-def feed(settings, count: int, seed: int) -> None:
-    """Orders created and paid, then ticks on every partition: the moments decisions are
-    made; the later one is past the quiet hours of every customer (London's night)."""
-    records = list(simulate.orders(settings, count=count, seed=seed, start=START))
-    last = max(r.time for r in records)
-    records += simulate.ticks(settings, last) + simulate.ticks(settings, last + timedelta(hours=12))
-    asyncio.run(simulate.produce(settings, iter(records), progress=False))
+def feed(settings, records: list[simulate.Record], *tick_times: datetime) -> None:
+    ticks = [t for at in tick_times for t in simulate.ticks(settings, at)]
+    asyncio.run(simulate.produce(settings, iter(records + ticks), progress=False))
 
 
-@pytest.mark.xfail(strict=False, reason="issue 3 open: since decisions wait for ticks, 2 of 50 "
-                   "held confirmations are not released in this run (the pure code releases all)")
-def test_kill_and_replay_never_sends_twice_and_the_event_clock_sets_times(stack):
+def test_kill_and_replay_never_sends_twice_nor_loses_what_was_held(stack):
     stack.env["NOTIFIER_CLOCK"] = "event"
     settings = settings_module.load(stack.env)
     for command in ("sinks", "worker", "senders"):
         stack.start(command)
     stack.wait_ready()
-    feed(settings, 50, seed=1)
-    assert wait_for(lambda: len(stack.outbox_entries()) >= 50, timeout=120)
+    orders = list(simulate.orders(settings, count=50, seed=1, start=START))
+    last = max(r.time for r in orders)
+    # Placed at 02:00 UTC: night in London, so London's confirmations wait for 08:00.
+    held = sum(1 for r in orders if r.event_type == "order.created"
+               and r.data["customer"]["timezone"] == "Europe/London")
+    assert 0 < held < 50
+    feed(settings, orders, last)
+    assert wait_for(lambda: len(stack.outbox_entries()) >= 50 - held, timeout=120)
+    time.sleep(3)
+    assert len(stack.outbox_entries()) == 50 - held, "nothing is sent inside the quiet hours"
 
     commands = asyncio.run(read_all(settings.kafka_bootstrap, settings.topics.dispatch("email")))
     created = [datetime.fromisoformat(orjson.loads(r.value)["created_at"]) for r in commands]
@@ -52,8 +54,12 @@ def test_kill_and_replay_never_sends_twice_and_the_event_clock_sets_times(stack)
     for name in ("worker", "senders"):
         stack.start(name)
     stack.wait_ready()
-    feed(settings, 50, seed=1)  # the same 50 orders again: a replay
-    feed(settings, 10, seed=2)  # and 10 new ones
+    feed(settings, [], last + timedelta(hours=12))  # London's morning: the held ones go
+    assert wait_for(lambda: len(stack.outbox_entries()) >= 50, timeout=120)
+    feed(settings, orders, last, last + timedelta(hours=12))  # the same 50 orders again
+    # and 10 new ones, late: decided at the next tick the clock moves on
+    feed(settings, list(simulate.orders(settings, count=10, seed=2, start=START)),
+         last + timedelta(hours=13))
     assert wait_for(lambda: len(stack.outbox_entries()) >= 60, timeout=120)
     time.sleep(3)
     ids = [e["request"]["notification_id"] for e in stack.outbox_entries()]

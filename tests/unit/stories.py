@@ -83,8 +83,35 @@ class Tick:
     hours: float
 
 
+@dataclass(frozen=True)
+class Prefs:
+    """The customer changes their preferences."""
+
+    hours: float
+    update: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Erase:
+    """A tombstone on ``customers.preferences``."""
+
+    hours: float
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The provider of ``channel`` rejects the ``kind`` notification for good."""
+
+    hours: float
+    kind: str
+    channel: str = "email"
+
+
 def tick(hours: float) -> Tick:
     return Tick(hours)
+
+
+Step = Envelope | Tick | Prefs | Erase | Fail
 
 
 _counter = iter(range(10**9))
@@ -115,12 +142,22 @@ class Told:
     def sent_kinds(self) -> list[str]:
         return [k for k, _ in self.sent()]
 
+    def channels(self, kind: str) -> list[str]:
+        """Every channel ``kind`` went out on, in order."""
+        return [r.channel for _, a in self.actions if isinstance(a, customer.Send)
+                and a.intent.kind == kind for r in a.routes]
+
+    def route_id(self, kind: str, channel: str) -> str:
+        return next(r.notification_id for _, a in reversed(self.actions)
+                    if isinstance(a, customer.Send) and a.intent.kind == kind
+                    for r in a.routes if r.channel == channel)
+
     def suppressed(self) -> list[tuple[str, str]]:
         return [(a.intent.kind, a.reason) for _, a in self.actions if isinstance(a, customer.Suppress)]
 
 
-def run(*steps: Envelope | Tick, rules: Rules = RULES, preferences: dict[str, Any] | None = None,
-        through_customer: bool = True) -> Told:
+def run(*steps: Step, rules: Rules = RULES, preferences: dict[str, Any] | None = None,
+        through_customer: bool = True, lanes: order.LaneLookup = order.no_lanes) -> Told:
     """Fold the events, decide at every tick (order stage, then customer stage)."""
     told = Told()
     state: order.OrderState | None = None
@@ -132,11 +169,21 @@ def run(*steps: Envelope | Tick, rules: Rules = RULES, preferences: dict[str, An
             state = order.apply(state, step, received_at=step.time).state
             continue
         now = at(step.hours)
+        if isinstance(step, Prefs):
+            customer.update_preferences(person, step.update, now)
+            continue
+        if isinstance(step, Erase):
+            told.actions += [(now, a) for a in customer.erase(person, now)]
+            continue
+        if isinstance(step, Fail):
+            failed = told.route_id(step.kind, step.channel)
+            told.actions += [(now, a) for a in customer.fallback(person, failed, now, rules)]
+            continue
         if through_customer:
             told.actions += [(now, a) for a in customer.release(person, now, rules)]
         if state is None:
             continue
-        decisions = order.wake(state, now, rules)
+        decisions = order.wake(state, now, rules, lanes)
         told.intents += decisions.intents
         told.alerts += decisions.alerts
         if through_customer:
@@ -146,15 +193,16 @@ def run(*steps: Envelope | Tick, rules: Rules = RULES, preferences: dict[str, An
     return told
 
 
-def ticks(until_hours: float, every: float = 0.25) -> list[Tick]:
-    return [Tick(n * every) for n in range(int(until_hours / every) + 1)]
+def ticks(until_hours: float, every: float = 0.25, since: float = 0) -> list[Tick]:
+    return [Tick(since + n * every) for n in range(int((until_hours - since) / every) + 1)]
 
 
-def story(*steps: Envelope, until: float = 24 * 14, every: float = 0.25) -> list[Envelope | Tick]:
-    """Events merged with regular ticks, each event before the tick at or after it."""
-    merged: list[tuple[float, int, Envelope | Tick]] = []
+def story(*steps: Step, until: float = 24 * 14, every: float = 0.25, since: float = 0) -> list[Step]:
+    """Steps merged with regular ticks, each step before the tick at or after it."""
+    merged: list[tuple[float, int, Step]] = []
     for e in steps:
-        merged.append(((e.time - START).total_seconds() / 3600, 0, e))
-    for t in ticks(until, every):
+        hours = (e.time - START).total_seconds() / 3600 if isinstance(e, Envelope) else e.hours
+        merged.append((hours, 0, e))
+    for t in ticks(until, every, since):
         merged.append((t.hours, 1, t))
     return [s for _, _, s in sorted(merged, key=lambda x: (x[0], x[1]))]

@@ -11,9 +11,10 @@ def test_due_keys_come_out_once_oldest_first_and_later_ones_stay():
     agenda.add(0, T0, "a")
     agenda.add(0, T0, "a")
     agenda.add(0, T0 + timedelta(days=2), "c")
-    assert agenda.pop_due(0, T0 + timedelta(minutes=10)) == ["a", "b"]
+    assert agenda.pop_due(0, T0 + timedelta(minutes=10)) == [
+        (T0, "a"), (T0 + timedelta(minutes=5), "b")]
     assert agenda.pop_due(0, T0 + timedelta(minutes=10)) == []
-    assert agenda.pop_due(0, T0 + timedelta(days=30)) == ["c"]
+    assert agenda.pop_due(0, T0 + timedelta(days=30)) == [(T0 + timedelta(days=2), "c")]
 
 
 def test_a_past_due_time_comes_out_at_the_next_look_and_partitions_are_apart():
@@ -21,5 +22,32 @@ def test_a_past_due_time_comes_out_at_the_next_look_and_partitions_are_apart():
     agenda.pop_due(0, T0)
     agenda.add(0, T0 - timedelta(hours=5), "late")
     agenda.add(1, T0, "other")
-    assert agenda.pop_due(0, T0) == ["late"]
-    assert agenda.pop_due(1, T0) == ["other"]
+    assert agenda.pop_due(0, T0) == [(T0 - timedelta(hours=5), "late")]
+    assert agenda.pop_due(1, T0) == [(T0, "other")]
+
+
+async def test_drain_visits_in_time_order_and_follows_wake_ups_within_the_pass():
+    agenda = Agenda({}, "wake")
+    agenda.add(0, T0 + timedelta(minutes=30), "b")
+    agenda.add(0, T0, "a")
+    visits = []
+
+    async def visit(at, key):
+        visits.append((at - T0, key))
+        # "a" comes due again 40 minutes on (inside this pass), then a day on (kept).
+        return {"a": T0 + timedelta(minutes=40), "b": None}[key] if at == T0 or key == "b" else (
+            T0 + timedelta(days=1))
+
+    await agenda.drain(0, T0 + timedelta(hours=1), visit)
+    assert visits == [(timedelta(0), "a"), (timedelta(minutes=30), "b"),
+                      (timedelta(minutes=40), "a")]
+    assert agenda.pop_due(0, T0 + timedelta(days=2)) == [(T0 + timedelta(days=1), "a")]
+
+
+def test_keys_due_later_in_the_same_minute_stay_for_the_next_look():
+    agenda = Agenda({}, "wake")
+    agenda.add(0, T0 + timedelta(seconds=10), "early")
+    agenda.add(0, T0 + timedelta(seconds=50), "late")
+    assert agenda.pop_due(0, T0 + timedelta(seconds=30)) == [(T0 + timedelta(seconds=10), "early")]
+    assert agenda.pop_due(0, T0 + timedelta(seconds=50)) == [(T0 + timedelta(seconds=50), "late")]
+    assert [k for k in agenda.table if not k.endswith(b"hours")] == []

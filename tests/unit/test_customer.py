@@ -49,3 +49,23 @@ def test_no_reachable_channel_is_suppressed(kind_channels):
     i = intent(email=None)
     i.channels = kind_channels
     assert route(i, None, RULES) == "no_reachable_channel"
+
+
+def test_an_unregistered_push_token_is_dropped_and_the_news_goes_to_the_next_channel():
+    from datetime import datetime
+
+    from worker.domain.customer import CustomerState, Send, decide, fallback, update_preferences
+
+    tokens = [{"platform": "fcm", "token": "old-phone"}, {"platform": "fcm", "token": "new-phone"}]
+    news = intent(push_tokens=tokens)
+    news.channels = ["push", "email"]
+    state, now = CustomerState("CU-1"), datetime.fromisoformat("2026-11-02T04:00:00+00:00")
+    prefs = {"channels": {"push": True, "email": True}, "channel_order": ["push", "email"]}
+    update_preferences(state, prefs, datetime.fromisoformat("2026-11-01T00:00:00+00:00"))
+    [first] = decide(state, news, now, RULES)
+    assert isinstance(first, Send) and first.routes[0].recipient["push_token"] == "old-phone"
+    [again] = fallback(state, "ntf-1", now, RULES, reason="unregistered_token")
+    assert again.routes[0].channel == "email"
+    later = intent(push_tokens=tokens)
+    later.notification_id, later.channels = "ntf-2", ["push", "email"]
+    assert route(later, state.preferences(now), RULES)[0].recipient["push_token"] == "new-phone"

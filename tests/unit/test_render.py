@@ -58,7 +58,7 @@ def test_email_is_multipart_alternative_with_text_and_html():
     command = {"notification_id": "ntf-1", "kind": "order_confirmed", "priority": "transactional",
                "recipient": {"email": "zhangwei@example.cn"}, "content": content.as_dict(),
                "created_at": "2026-11-02T10:00:05+08:00"}
-    raw = build_message(command, "shop@example.com", "http://127.0.0.1:6066").as_bytes()
+    raw = build_message(command, "shop@example.com", "http://127.0.0.1:6066")
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed.get_content_type() == "multipart/alternative"
     parts = {p.get_content_type(): p.get_content() for p in parsed.iter_parts()}
@@ -67,3 +67,77 @@ def test_email_is_multipart_alternative_with_text_and_html():
     assert parsed["Subject"] == "【星河小铺】您的订单已确认"
     assert parsed["Message-ID"] == "<ntf-1@order-notifier>"
     assert "List-Unsubscribe" not in parsed
+
+
+def _simplified_only() -> set[str]:
+    """Characters OpenCC's dictionary converts to another Traditional form and never keeps."""
+    from importlib.resources import files
+
+    table = files("opencc") / "dictionary" / "STCharacters.txt"
+    only = set()
+    for line in table.read_text(encoding="utf-8").splitlines():
+        simplified, _, traditional = line.partition("\t")
+        if simplified and simplified not in traditional.split():
+            only.add(simplified)
+    return only
+
+
+def test_every_traditional_chinese_string_is_free_of_simplified_only_characters():
+    from babel.messages.pofile import read_po
+
+    from worker.render import CARRIER_NAMES, HERE
+
+    only = _simplified_only()
+    assert {"们", "订", "单", "发"} <= only  # the table is the one we mean
+    with (HERE / "locale" / "zh_TW" / "LC_MESSAGES" / "messages.po").open("rb") as fp:
+        strings = [m.string for m in read_po(fp) if m.id and m.string]
+    strings += [names["zh_TW"] for names in CARRIER_NAMES.values() if "zh_TW" in names]
+    assert len(strings) > 60
+    found = {(s, c) for s in strings for c in s if c in only}
+    assert found == set()
+
+
+def test_an_ab_variant_is_the_same_for_a_customer_splits_evenly_and_changes_the_subject():
+    from worker.domain.rules import KindRule
+
+    rule = KindRule("shipped", True, "transactional", ("email",), 72, variants=("A", "B"))
+    assert rule.variant("C-1") == rule.variant("C-1")
+    split = [rule.variant(f"C-{n}") for n in range(2000)]
+    assert 900 < split.count("A") < 1100
+    shipped = {**FACTS, "shipment": {"carrier": "sf-express", "tracking_number": "SF1",
+                                     "carrier_eta": None}}
+    assert render("shipped", "zh_CN", "Asia/Shanghai", {**shipped, "variant": "A"}).subject == (
+        "【星河小铺】您的订单已发货")
+    assert render("shipped", "zh_CN", "Asia/Shanghai", {**shipped, "variant": "B"}).subject == (
+        "【星河小铺】您的包裹已由顺丰速运揽收")
+
+
+def test_tips_follow_the_items_categories():
+    items = [{"sku": "A", "name": "草莓", "quantity": 1, "unit_price": "30", "category": "fresh"},
+             {"sku": "B", "name": "玻璃杯", "quantity": 1, "unit_price": "20", "category": "fragile"}]
+    shipment = {"carrier": "sf-express", "tracking_number": "SF1", "carrier_eta": None}
+    facts = {**FACTS, "items": items, "shipment": shipment}
+    out = render("out_for_delivery", "en", "Asia/Shanghai", facts).text
+    assert "check the parcel before you sign" in out and "refrigerate" in out
+    delivered = render("delivered", "zh_TW", "Asia/Taipei", facts).text
+    assert "check the parcel" not in delivered  # signed for already
+    presale = {**FACTS, "items": [{**items[0], "category": "presale"}],
+               "promised_ship_by": "2026-12-01T10:00:00+08:00"}
+    confirmed = render("order_confirmed", "zh_CN", "Asia/Shanghai", presale)
+    assert "预售商品：预计 2026年12月1日 前发货。" in confirmed.text and "预售商品" in confirmed.html
+    plain = render("out_for_delivery", "en", "Asia/Shanghai", {**FACTS, "items": [], "shipment": shipment}).text
+    assert "refrigerate" not in plain and "sign for it" not in plain
+
+
+def test_a_long_chinese_subject_and_a_marketing_unsubscribe_survive_the_wire():
+    subject = "【星河小铺】" + "您的订单已发货，请注意查收" * 5
+    command = {"notification_id": "ntf-9", "kind": "replenishment_reminder", "priority": "marketing",
+               "recipient": {"email": "zhangwei@example.cn"},
+               "content": {"subject": subject, "text": "正文\n第二行", "html": "<p>正文</p>"},
+               "created_at": "2026-11-02T10:00:05+08:00"}
+    raw = build_message(command, "shop@example.com", "http://127.0.0.1:6066")
+    assert all(len(line) <= 78 for line in raw.split(b"\r\n"))  # RFC 5322 line length
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == subject
+    assert parsed["List-Unsubscribe"] == "<http://127.0.0.1:6066/unsubscribe?n=ntf-9>"
+    assert parsed.get_body(("plain",)).get_content() == "正文\n第二行"

@@ -44,7 +44,8 @@ def test_asyncapi_lists_every_topic_and_message():
     assert doc["asyncapi"].startswith("3.0")
     addresses = {c["address"] for c in doc["channels"].values()}
     assert {"orders.events", "tracking.events", "customers.preferences", "notifications.engagement",
-            "notifications.sent", "ops.alerts", "notifications.dlq"} <= addresses
+            "notifications.sent", "ops.alerts", "notifications.dlq", "notifications.intents",
+            "lanes.observations", "lanes.figures"} <= addresses
     assert {f"notifications.dispatch.{c}" for c in ("email", "sms", "push", "wechat", "webhook",
                                                     "in_app")} <= addresses
     messages = {m["name"] for m in doc["components"]["messages"].values()}

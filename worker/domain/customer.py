@@ -3,22 +3,25 @@
 :func:`decide` takes one intent from the order stage and answers with actions: send it
 (on one or more channels), hold it until a time, or suppress it with a reason. Held
 intents live in the customer's state and come back through :func:`release` when the
-clock reaches them.
+clock reaches them. A channel that fails for good hands the intent on to the
+customer's next channel through :func:`fallback`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from worker.domain.clock import stamp
+from worker.domain.plain import plain
 from worker.domain.notification import Intent
 from worker.domain.rules import Policy, Rules
 
 DECIDED_LIMIT = 200  # recent notification ids, to recognise a redelivered intent
 VERSIONS_LIMIT = 8  # preference updates kept apart; older ones are folded together
+DELIVERING_LIMIT = 20  # recent sends that could still fall back to another channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +62,19 @@ class CustomerState:
     # preferences of its moment.
     versions: list[list[Any]] = field(default_factory=list)
     held: list[dict[str, Any]] = field(default_factory=list)  # {"until": stamp, "intent": {...}}
-    sent: list[list[Any]] = field(default_factory=list)  # [at, priority, order_id]
+    sent: list[list[Any]] = field(default_factory=list)  # [at, priority, order_id, first id]
     decided: list[str] = field(default_factory=list)
+    # Sends with channels left to try: {"at", "routes": {id: channel}, "intent": {...}}
+    delivering: list[dict[str, Any]] = field(default_factory=list)
+    # Set by a tombstone: everything above is gone, and orders placed before it stay silent.
+    erased_at: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CustomerState:
         return cls(**raw)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(self)
 
     @property
     def next_release(self) -> str | None:
@@ -118,14 +125,51 @@ def release(state: CustomerState, now: datetime, rules: Rules,
     return actions
 
 
-def erase(state: CustomerState) -> list[Action]:
-    """A tombstone: forget the customer and cancel what was waiting for them."""
-    return [Suppress(Intent.from_dict(h["intent"]), "erased") for h in state.held]
+def fallback(state: CustomerState, failed_id: str, now: datetime, rules: Rules,
+             webhook_url: str = "", reason: str = "") -> list[Action]:
+    """A channel failed for good: the same news through the next channel the customer
+    accepts, judged like a new notification (quiet hours hold it, the cap does not count
+    the failed one). Unknown or already handled failures change nothing. A push token the
+    provider no longer knows (``unregistered_token``) is never used again."""
+    entry = next((d for d in state.delivering if failed_id in d["routes"]), None)
+    if entry is not None and reason == "unregistered_token" and entry["routes"][failed_id] == "push":
+        tokens = contact(Intent.from_dict(entry["intent"]), state.preferences(now)).get("push_tokens")
+        if tokens:
+            dead = state.preferences(now).get("dead_push_tokens", [])
+            update_preferences(state, {"dead_push_tokens": [*dead, tokens[0]["token"]]}, now)
+    too_late = stamp(now - timedelta(hours=rules.policy.fallback_hours))
+    if entry is None or entry["at"] < too_late:
+        return []
+    state.delivering.remove(entry)
+    state.sent = [s for s in state.sent if s[3] != failed_id]
+    intent = Intent.from_dict(entry["intent"])
+    used = set(entry["routes"].values())
+    intent.channels = [c for c in intent.channels if c not in used]
+    intent.notification_id = f"{failed_id}-fallback"
+    intent.fanout = 1
+    intent.not_before = stamp(now)
+    actions = [_judge(state, intent, now, rules, webhook_url)]
+    _remember(state, actions, now)
+    return actions
+
+
+def erase(state: CustomerState, at: datetime) -> list[Action]:
+    """A tombstone: forget the customer, cancel what was waiting for them, and keep only
+    the moment (no personal data), so news of their earlier orders stays unsent."""
+    actions: list[Action] = [Suppress(Intent.from_dict(h["intent"]), "erased") for h in state.held]
+    kept = state.decided
+    for name, value in plain(CustomerState(state.customer_id)).items():
+        setattr(state, name, value)
+    state.decided, state.erased_at = kept, stamp(at)
+    return actions
 
 
 def _judge(state: CustomerState, intent: Intent, now: datetime, rules: Rules,
            webhook_url: str) -> Action:
     policy, prefs = rules.policy, state.preferences(now)
+    placed = intent.facts.get("placed_at")
+    if state.erased_at and (not placed or stamp(datetime.fromisoformat(placed)) <= state.erased_at):
+        return Suppress(intent, "erased")
     if intent.expires_at and intent.expires_at < stamp(now):
         return Suppress(intent, "expired")
     if intent.priority == "marketing":
@@ -174,17 +218,26 @@ def _remember(state: CustomerState, actions: list[Action], now: datetime) -> Non
     for action in actions:
         intent = action.intent
         if isinstance(action, Hold):
-            state.held.append({"until": action.until, "intent": asdict(intent)})
+            state.held.append({"until": action.until, "intent": plain(intent)})
             continue
         state.decided = [*state.decided[-(DECIDED_LIMIT - 1):], intent.notification_id]
         if isinstance(action, Send):
-            state.sent.append([stamp(now), intent.priority, intent.order_id])
+            # One entry a send, however many channels: the cap counts news, not messages.
+            state.sent.append([stamp(now), intent.priority, intent.order_id,
+                               action.routes[0].notification_id])
+            used = {r.channel for r in action.routes}
+            if any(c not in used for c in intent.channels):
+                state.delivering = [*state.delivering[-(DELIVERING_LIMIT - 1):], {
+                    "at": stamp(now), "intent": plain(intent),
+                    "routes": {r.notification_id: r.channel for r in action.routes}}]
 
 
 def prune(state: CustomerState, now: datetime, rules: Rules) -> None:
-    """Forget sends older than the ratio window."""
+    """Forget sends older than the ratio window, and fallbacks past their time."""
     horizon = stamp(now - timedelta(days=rules.policy.ratio_window_days))
     state.sent = [s for s in state.sent if s[0] >= horizon]
+    too_late = stamp(now - timedelta(hours=rules.policy.fallback_hours))
+    state.delivering = [d for d in state.delivering if d["at"] >= too_late]
 
 
 # -- timing ------------------------------------------------------------------------------
@@ -218,7 +271,7 @@ def _gap_until(state: CustomerState, intent: Intent, now: datetime,
 
 def _sent_today(state: CustomerState, now: datetime, zone: ZoneInfo) -> int:
     today = now.astimezone(zone).date()
-    return sum(1 for at, priority, _ in state.sent
+    return sum(1 for at, priority, *_ in state.sent
                if priority != "urgent" and datetime.fromisoformat(at).astimezone(zone).date() == today)
 
 
@@ -251,6 +304,9 @@ def contact(intent: Intent, preferences: dict[str, Any] | None) -> dict[str, Any
     for key in ("email", "phone", "locale", "timezone"):
         if preferences and preferences.get(key):
             merged[key] = preferences[key]
+    dead = (preferences or {}).get("dead_push_tokens")
+    if dead and merged.get("push_tokens"):
+        merged["push_tokens"] = [t for t in merged["push_tokens"] if t["token"] not in dead]
     return merged
 
 

@@ -55,11 +55,12 @@ class Alert:
     figures: dict[str, Any]
     order_id: str | None = None
     shipment_id: str | None = None
+    lane: str | None = None
 
     def data(self) -> dict[str, Any]:
         data = {"alert_id": self.alert_id, "severity": self.severity, "summary": self.summary,
                 "raised_at": self.raised_at, "figures": self.figures}
-        for name in ("order_id", "shipment_id"):
+        for name in ("order_id", "shipment_id", "lane"):
             if getattr(self, name):
                 data[name] = getattr(self, name)
         return data

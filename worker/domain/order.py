@@ -3,29 +3,39 @@
 Events only change the state (:func:`apply`); what to tell the customer is decided
 from the state and the time (:func:`wake`), so checkpoints that arrive late, twice or
 out of order between two decisions never change what is said. Each decision has a
-deterministic id and is made once; time-driven ones come due at :func:`next_wake`.
+deterministic id and is made once; :func:`wake` also says when to look again.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from worker.domain.clock import stamp
+from worker.domain.due import Due, plus
+from worker.domain.lanes import Figures, Lesson, lane_keys, lesson, stalled
+from worker.domain.plain import plain
 from worker.domain.envelope import Envelope
 from worker.domain.milestones import Reading, canonical
 from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment
+from worker.domain.watch import watch_calls
 
 SEEN_LIMIT = 16  # recent event digests, only to count redeliveries
 RETURN_STEPS = {"order.return_requested": "requested", "order.return_received": "received",
                 "order.refunded": "refunded"}
 CARE_CATEGORIES = frozenset({"fresh", "fragile", "beauty", "apparel"})
 CONSUMABLE_CATEGORIES = frozenset({"fresh", "beauty"})
+# The figures of the lanes named, most specific first; those without figures left out.
+LaneLookup = Callable[[Sequence[str]], list[Figures]]
+
+
+def no_lanes(keys: Sequence[str]) -> list[Figures]:
+    return []
 
 
 @dataclass(slots=True)
@@ -39,6 +49,11 @@ class OrderState:
     caused_by: dict[str, str] = field(default_factory=dict)  # trigger -> ce_id
     received_at: dict[str, str] = field(default_factory=dict)  # trigger -> wall arrival
     decided: list[str] = field(default_factory=list)  # notification and alert ids
+    # The last decision time: decisions never go back in time, so a fact read after a
+    # later decision (a late scan) is judged at that later time, never as of its own.
+    woken_at: str | None = None
+    stalls: dict[str, int] = field(default_factory=dict)  # shipment -> stalls told
+    delays: dict[str, int] = field(default_factory=dict)  # shipment -> days late told
     seen: list[str] = field(default_factory=list)
     unknown_statuses: int = 0
 
@@ -47,7 +62,7 @@ class OrderState:
         return cls(**raw)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(self)
 
     def shipment(self, shipment_id: str) -> Shipment:
         return Shipment.from_dict(self.shipments[shipment_id])
@@ -77,6 +92,10 @@ class Decisions:
     state: OrderState
     intents: list[Intent]
     alerts: list[Alert]
+    # When to look again (UTC stamp): the next undecided notification coming due, or the
+    # next fact already known that has not happened yet.
+    next_wake: str | None = None
+    lessons: list[Lesson] = field(default_factory=list)  # delivered parcels, for their lanes
 
 
 def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -> Applied:
@@ -102,6 +121,7 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -
         parcel.label_at = stamp(data["shipped_at"])
         parcel.origin, parcel.destination = data.get("origin", {}), data.get("destination", {})
         parcel.carrier_eta = data.get("carrier_estimated_delivery") or parcel.carrier_eta
+        parcel.first_eta = parcel.first_eta or data.get("carrier_estimated_delivery")
         state.shipments[parcel.shipment_id] = parcel.to_dict()
     elif kind == "tracking.updated":
         trigger = f"{kind}:{data['shipment_id']}"
@@ -129,45 +149,36 @@ def _parcel(state: OrderState, data: dict[str, Any]) -> Shipment:
 # -- decisions -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Due:
-    """One notification the state calls for, and from when."""
-
-    kind: str
-    occasion: str
-    at: str  # due time (UTC stamp)
-    causes: tuple[str, ...]
-    shipment: Shipment | None = None
-    send: bool = True  # False: settle it without telling anyone (e.g. shipped after delivery)
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-def wake(state: OrderState, now: datetime, rules: Rules) -> Decisions:
+def wake(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_lanes) -> Decisions:
     """Everything due at ``now`` that was not decided before, judged on the facts known
     to have happened by ``now`` (a replay may have read later facts already)."""
     intents: list[Intent] = []
     alerts: list[Alert] = []
-    when = stamp(now)
+    lessons: list[Lesson] = []
+    upcoming: list[str] = []
+    when = max(stamp(now), state.woken_at or "")
+    state.woken_at, moment = when, datetime.fromisoformat(when)
     view = as_of(state, when)
-    for due in _calls(view, rules):
+    for due in _calls(view, rules, lanes):
         nid = notification_id(state.order_id, due.kind, due.occasion)
-        if due.at > when or nid in state.decided:
+        if nid in state.decided:
+            continue
+        if due.at > when:
+            upcoming.append(due.at)
             continue
         state.decided.append(nid)
+        _count(state, due)
+        if due.kind == "delivered" and due.shipment is not None:
+            days_off = rules.prediction.non_working_days.get(due.shipment.carrier, ())
+            lessons.append(lesson(state.order_id, due.shipment, days_off))
+        if due.kind == "tracking_stalled" and due.shipment and "threshold_hours" in due.facts:
+            lessons.append(stalled(state.order_id, due.shipment, due.at))
         if due.send and state.order is not None:
-            intents.append(_intent(view, due, nid, now, rules))
-            alerts.extend(_alerts(view, due, now, rules))
+            intents.append(_intent(view, due, nid, moment, rules))
+            alerts.extend(_alerts(view, due, moment, rules))
     state.decided.extend(a.alert_id for a in alerts)
-    return Decisions(state, intents, alerts)
-
-
-def next_wake(state: OrderState, now: datetime, rules: Rules) -> str | None:
-    """When to look again (UTC stamp): the next undecided notification coming due, or
-    the next fact already known that has not happened yet by ``now``."""
-    when = stamp(now)
-    due = [d.at for d in _calls(as_of(state, when), rules)
-           if notification_id(state.order_id, d.kind, d.occasion) not in state.decided]
-    return min((t for t in due + _fact_times(state) if t > when), default=None)
+    upcoming += [t for t in _fact_times(state) if t > when]
+    return Decisions(state, intents, alerts, min(upcoming, default=None), lessons)
 
 
 def as_of(state: OrderState, when: str) -> OrderState:
@@ -187,6 +198,7 @@ def as_of(state: OrderState, when: str) -> OrderState:
         cancelled_at=keep(state.cancelled_at),
         returns={k: v for k, v in state.returns.items() if v <= when}, shipments=parcels,
         caused_by=state.caused_by, received_at=state.received_at, decided=state.decided,
+        stalls=state.stalls, delays=state.delays,
     )
 
 
@@ -198,7 +210,16 @@ def _fact_times(state: OrderState) -> list[str]:
     return times
 
 
-def _calls(state: OrderState, rules: Rules) -> Iterator[_Due]:
+def _count(state: OrderState, due: Due) -> None:
+    """Remember how many stalls, and how late a delay, a parcel's customer was told of."""
+    sid = due.shipment.shipment_id if due.shipment else ""
+    if due.kind == "tracking_stalled" and due.facts.get("stage") != "before_first_scan":
+        state.stalls[sid] = state.stalls.get(sid, 0) + 1
+    if due.kind == "delay_notice":
+        state.delays[sid] = max(state.delays.get(sid, 0), due.facts["days_late"])
+
+
+def _calls(state: OrderState, rules: Rules, lanes: LaneLookup = no_lanes) -> Iterator[Due]:
     """Every notification the order's facts call for, decided or not, with its due time."""
     order = state.order
     if order is None:
@@ -207,24 +228,27 @@ def _calls(state: OrderState, rules: Rules) -> Iterator[_Due]:
     on = {kind for kind in rules.kinds if rules.kind(kind, segment)}
     if state.cancelled_at:
         if "order_cancelled" in on:
-            yield _Due("order_cancelled", "", state.cancelled_at, ("order.created", "order.cancelled"))
+            yield Due("order_cancelled", "", state.cancelled_at, ("order.created", "order.cancelled"))
         return
     policy = rules.policy
     if state.paid_at and "order_confirmed" in on:
-        yield _Due("order_confirmed", "", state.paid_at, ("order.created", "order.paid"))
+        yield Due("order_confirmed", "", state.paid_at, ("order.created", "order.paid"))
     if state.paid_at and not state.shipments and "ship_delayed" in on:
         ship_by = order.get("promised_ship_by")
-        due = stamp(ship_by) if ship_by else _plus(state.paid_at, hours=policy.ship_sla_hours)
-        new_date = _plus(due, days=policy.ship_delay_days)
-        yield _Due("ship_delayed", "", due, ("order.paid",),
-                   facts={"missed_ship_by": due, "new_ship_by": new_date})
+        due = stamp(ship_by) if ship_by else plus(state.paid_at, hours=policy.ship_sla_hours)
+        new_date = plus(due, days=policy.ship_delay_days)
+        yield Due("ship_delayed", "", due, ("order.paid",),
+                  facts={"missed_ship_by": due, "new_ship_by": new_date})
     for step, at in state.returns.items():
         if "return_update" in on:
-            yield _Due("return_update", step, at, (f"order.return_{step}", "order.refunded"),
-                       facts={"return_step": step})
+            yield Due("return_update", step, at, (f"order.return_{step}", "order.refunded"),
+                      facts={"return_step": step})
     parcels = state.parcels()
     for number, parcel in enumerate(parcels, 1):
         yield from _parcel_calls(state, parcel, on, rules, number, len(parcels))
+        if not parcel.delivered_at and not parcel.open_exception:
+            yield from watch_calls(state, parcel, on, rules, lanes(
+                lane_keys(parcel.carrier, parcel.origin, parcel.destination)))
     delivered = state.delivered_at
     if delivered and not state.returns:
         items = order.get("items", [])
@@ -233,28 +257,28 @@ def _calls(state: OrderState, rules: Rules) -> Iterator[_Due]:
                 ("replenishment_reminder", bool(categories & CONSUMABLE_CATEGORIES))]
         for kind, applies in late:
             if applies and kind in on:
-                yield _Due(kind, "", _plus(delivered, minutes=rules.kinds[kind].delay_minutes),
-                           ("order.created",), facts={"categories": sorted(c for c in categories if c)})
+                yield Due(kind, "", plus(delivered, minutes=rules.kinds[kind].delay_minutes),
+                          ("order.created",), facts={"categories": sorted(c for c in categories if c)})
 
 
 def _parcel_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules, number: int,
-                  count: int) -> Iterator[_Due]:
+                  count: int) -> Iterator[Due]:
     sid, policy = p.shipment_id, rules.policy
     cause = (f"tracking.updated:{sid}", f"order.shipped:{sid}")
     delivered = p.delivered_at
     facts = {"parcel_number": number, "parcel_count": count}
 
-    def due(kind: str, occasion: str, at: str, send: bool = True, **extra: Any) -> _Due | None:
+    def due(kind: str, occasion: str, at: str, send: bool = True, **extra: Any) -> Due | None:
         if kind not in on:
             return None
         delay = rules.kinds[kind].delay_minutes
-        return _Due(kind, f"{sid}{occasion}", _plus(at, minutes=delay) if delay else at, cause, p,
-                    send, {**facts, **extra})
+        return Due(kind, f"{sid}{occasion}", plus(at, minutes=delay) if delay else at, cause, p,
+                   send, {**facts, **extra})
 
-    calls: list[_Due | None] = []
+    calls: list[Due | None] = []
     first_scan = p.first_scan_at
     if first_scan or p.label_at:
-        grace = _plus(p.label_at, hours=policy.label_grace_hours) if p.label_at else first_scan
+        grace = plus(p.label_at, hours=policy.label_grace_hours) if p.label_at else first_scan
         at = min(t for t in (first_scan, grace) if t)
         # Never on a label alone and never after delivery: a parcel whose first news is
         # its delivery only gets `delivered`.
@@ -287,7 +311,7 @@ def _parcel_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules, nu
     yield from (c for c in calls if c is not None)
 
 
-def _intent(state: OrderState, due: _Due, nid: str, now: datetime, rules: Rules) -> Intent:
+def _intent(state: OrderState, due: Due, nid: str, now: datetime, rules: Rules) -> Intent:
     order = state.order or {}
     rule = rules.kinds[due.kind]
     fanout = rules.high_value.channels if (
@@ -297,7 +321,8 @@ def _intent(state: OrderState, due: _Due, nid: str, now: datetime, rules: Rules)
     facts = {
         "shop": order["shop"], "customer": order["customer"], "items": order.get("items", []),
         "total": order.get("total"), "placed_at": order.get("placed_at"),
-        "promised_delivery_by": order.get("promised_delivery_by"), **due.facts,
+        "promised_delivery_by": order.get("promised_delivery_by"),
+        "promised_ship_by": order.get("promised_ship_by"), **due.facts,
     }
     if due.shipment is not None:
         p = due.shipment
@@ -321,7 +346,7 @@ def _intent(state: OrderState, due: _Due, nid: str, now: datetime, rules: Rules)
     )
 
 
-def _alerts(state: OrderState, due: _Due, now: datetime, rules: Rules) -> list[Alert]:
+def _alerts(state: OrderState, due: Due, now: datetime, rules: Rules) -> list[Alert]:
     order = state.order or {}
     if due.kind == "ship_delayed":
         return [Alert(
@@ -330,6 +355,18 @@ def _alerts(state: OrderState, due: _Due, now: datetime, rules: Rules) -> list[A
             summary="order paid but not shipped by its promised date", raised_at=stamp(now),
             order_id=state.order_id,
             figures={"paid_at": state.paid_at, "ship_by": due.facts["missed_ship_by"]})]
+    if due.kind == "tracking_stalled":
+        p = due.shipment
+        label = due.facts["stage"] == "before_first_scan"
+        return [Alert(
+            alert_id=notification_id(state.order_id, "alert.tracking_stalled", due.occasion),
+            type="alert.tracking_stalled", severity="warning", key=state.order_id,
+            summary=("label printed but the carrier never picked the parcel up" if label
+                     else "parcel in transit with no scan for longer than its lane allows"),
+            raised_at=stamp(now), order_id=state.order_id,
+            shipment_id=p.shipment_id if p else None,
+            figures={"carrier": p.carrier if p else None, **due.facts,
+                     "lanes": lane_keys(p.carrier, p.origin, p.destination) if p else []})]
     if due.kind == "delivery_exception" and rules.high_value.applies(order.get("total")):
         p = due.shipment
         return [Alert(
@@ -340,7 +377,3 @@ def _alerts(state: OrderState, due: _Due, now: datetime, rules: Rules) -> list[A
             figures={"carrier": p.carrier if p else None, "reason": due.facts.get("reason"),
                      "total": order.get("total")})]
     return []
-
-
-def _plus(at: str, **delta: float) -> str:
-    return stamp(datetime.fromisoformat(at) + timedelta(**delta))

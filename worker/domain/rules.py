@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
@@ -28,6 +29,15 @@ class KindRule:
     supersedes: tuple[str, ...] = ()  # held notifications of these kinds are dropped
     trigger: str = ""
     timing: str = ""
+    variants: tuple[str, ...] = ()  # an A/B test of the kind's wording
+
+    def variant(self, customer_id: str) -> str | None:
+        """The customer's variant: a hash of the customer and the kind, so one customer
+        always sees the same wording and the split is even."""
+        if not self.variants:
+            return None
+        digest = hashlib.blake2b(f"{customer_id}\x1f{self.kind}".encode(), digest_size=8).digest()
+        return self.variants[int.from_bytes(digest, "big") % len(self.variants)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,31 @@ class Policy:
     ship_sla_hours: float = 48
     ship_delay_days: int = 1  # how far past the missed date the apology promises
     failed_attempts_notified: int = 3
+    fallback_hours: float = 24  # a channel's permanent failure this soon tries the next one
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Stale tracking and delay prediction (lanes learn from delivered parcels)."""
+
+    window_days: int = 14  # lane figures cover the last this many days
+    min_samples: int = 30  # fewer samples: the broader lane, then the defaults
+    min_tail_samples: int = 10  # past stalls a lane needs before it predicts how long one lasts
+    stall_quantile: float = 0.95
+    stall_floor_hours: float = 24
+    stall_default_hours: float = 48
+    label_stall_hours: float = 72  # a label printed and never picked up
+    stalls_per_shipment: int = 2
+    delay_tolerance_hours: float = 12
+    delay_confidence: float = 0.35  # warn when even this quantile of the time left is late
+    coupon: Mapping[str, Any] = field(default_factory=dict)  # {code, percent}: vip and high value
+    incident_min_stalls: int = 8  # stalls in 24 h on one lane, at least, for an incident
+    incident_factor: float = 5  # and this many times the lane's usual stalls a day
+    incident_hours: float = 24  # after the lane's latest stall, the incident is over
+    non_working_days: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # carrier -> weekdays
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +106,7 @@ class Rules:
     policy: Policy = Policy()
     segments: Mapping[str, Segment] = field(default_factory=dict)
     high_value: HighValue = HighValue()
+    prediction: Prediction = Prediction()
 
     def kind(self, kind: str, segment: str | None = None) -> KindRule | None:
         """The kind's rule when it is on for a customer of ``segment``, else None."""
@@ -104,7 +140,8 @@ def parse(raw: Mapping[str, Any]) -> Rules:
     )
     _check_kinds("high_value.kinds", high_value.kinds, kinds)
     return Rules(channel_order, str(defaults.get("fallback_locale", "en")), kinds,
-                 _policy(raw.get("policy", {})), segments, high_value)
+                 _policy(raw.get("policy", {})), segments, high_value,
+                 _prediction(raw.get("prediction", {})))
 
 
 def _kind(kind: str, table: Mapping[str, Any], channel_order: tuple[str, ...]) -> KindRule:
@@ -125,6 +162,7 @@ def _kind(kind: str, table: Mapping[str, Any], channel_order: tuple[str, ...]) -
         supersedes=tuple(table.get("supersedes", ())),
         trigger=str(table.get("trigger", "")),
         timing=str(table.get("timing", "")),
+        variants=tuple(str(v) for v in table.get("variants", ())),
     )
 
 
@@ -137,10 +175,25 @@ def _policy(table: Mapping[str, Any]) -> Policy:
             **{k: table[k] for k in (
                 "daily_cap", "min_gap_minutes", "service_ratio", "ratio_window_days",
                 "label_grace_hours", "ship_sla_hours", "ship_delay_days",
-                "failed_attempts_notified") if k in table},
+                "failed_attempts_notified", "fallback_hours") if k in table},
         )
     except (TypeError, ValueError) as error:
         raise RulesError(f"policy: {error}") from None
+
+
+def _prediction(table: Mapping[str, Any]) -> Prediction:
+    days = {}
+    for carrier, names in table.get("non_working_days", {}).items():
+        unknown = [n for n in names if n not in WEEKDAYS]
+        if unknown:
+            raise RulesError(f"prediction.non_working_days.{carrier}: unknown day(s) "
+                             f"{', '.join(unknown)} (use {', '.join(WEEKDAYS)})")
+        days[carrier] = tuple(WEEKDAYS.index(n) for n in names)
+    try:
+        return Prediction(**{k: v for k, v in table.items() if k != "non_working_days"},
+                          non_working_days=days)
+    except TypeError as error:
+        raise RulesError(f"prediction: {error}") from None
 
 
 def _decimal(where: str, value: Any) -> Decimal:

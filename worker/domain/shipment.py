@@ -7,10 +7,11 @@ often, never changes what the shipment says: it never moves backwards.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from worker.domain.milestones import RANK, Reading
+from worker.domain.plain import plain
 
 # A parcel rarely has more than 20 scans; keeping the latest 40 bounds the state.
 CHECKPOINT_LIMIT = 40
@@ -25,7 +26,8 @@ class Shipment:
     label_at: str | None = None  # order.shipped: the label exists
     origin: dict[str, Any] = field(default_factory=dict)
     destination: dict[str, Any] = field(default_factory=dict)
-    carrier_eta: str | None = None
+    carrier_eta: str | None = None  # the carrier's latest estimate
+    first_eta: str | None = None  # its first: the promise when the order made none
     # [occurred_at (UTC, seconds), milestone or None when unknown, reason or raw code]
     checkpoints: list[list[Any]] = field(default_factory=list)
 
@@ -34,7 +36,7 @@ class Shipment:
         return cls(**raw)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(self)
 
     def record(self, occurred_at: str, reading: Reading) -> bool:
         """Add one checkpoint; False when it was already known."""

@@ -8,6 +8,7 @@ One template per kind under ``templates/``, each with the blocks ``subject``,
 from __future__ import annotations
 
 import functools
+import re
 import gettext
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,8 @@ import jinja2
 from babel import dates, numbers
 from babel.messages.pofile import read_po
 from markupsafe import Markup
+
+from worker.domain.sms import segments
 
 HERE = Path(__file__).resolve().parent
 CATALOGS = ("en", "zh_CN", "zh_TW")
@@ -52,6 +55,7 @@ class Content:
     subject: str
     text: str
     html: str
+    short: str = ""  # the news in a line or two, for SMS, push and the in-app inbox
 
     def as_dict(self) -> dict[str, str]:
         return {"subject": self.subject, "text": self.text, "html": self.html}
@@ -60,12 +64,18 @@ class Content:
 def render(kind: str, locale: str, timezone: str, facts: dict[str, Any]) -> Content:
     """Render one notification in the catalog ``locale`` (see :func:`catalog_locale`)."""
     plain, html = _environment(locale, timezone, False), _environment(locale, timezone, True)
-    facts = {**facts, "kind": kind}
+    facts = {"variant": None, **facts, "kind": kind}
     name = f"{kind}.j2" if (HERE / "templates" / f"{kind}.j2").is_file() else "_notice.j2"
     subject = _block(plain, name, "subject", facts)
     body = Markup(_block(html, name, "body", facts))  # already escaped
     page = html.get_template("_layout.html.j2").render(facts, body=body, subject=subject)
-    return Content(subject=subject, text=_block(plain, name, "text", facts) + "\n", html=page)
+    return Content(subject=subject, text=_block(plain, name, "text", facts) + "\n", html=page,
+                   short=_one_line(_block(plain, name, "short", facts)))
+
+
+def _one_line(text: str) -> str:
+    """Lines joined by a space, except after Chinese punctuation, which needs none."""
+    return re.sub(r"(?<=[。！？，：）】]) ", "", " ".join(text.split()))
 
 
 def _block(env: jinja2.Environment, name: str, block: str, facts: dict[str, Any]) -> str:
@@ -131,3 +141,21 @@ def _zone(name: str) -> ZoneInfo:
 def _at(value: str | datetime, zone: ZoneInfo) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     return moment.astimezone(zone)
+
+
+def for_channel(channel: str, content: Content, order_id: str, tracking_url: str,
+                wechat_template_id: str) -> dict[str, Any]:
+    """What each channel carries: email the whole message; SMS the news and the link, in
+    two segments where it can; WeChat its template's fields; the rest a title and a line."""
+    if channel == "email":
+        return content.as_dict()
+    if channel == "sms":
+        text = f"{content.short} {tracking_url}"
+        if segments(text).count > 2:
+            text = f"{content.subject} {tracking_url}"
+        return {"text": text}
+    if channel == "wechat":
+        return {"template_id": wechat_template_id, "text": content.short, "data": {
+            "first": {"value": content.subject}, "keyword1": {"value": order_id},
+            "keyword2": {"value": content.short}}}
+    return {"subject": content.subject, "text": content.short}

@@ -4,6 +4,11 @@ At-least-once with an idempotent effect: every command's outcome is written to
 ``notifications.sent`` before its offset is committed, and the outcomes already
 written (the sent-ledger, rebuilt from that topic at start) are checked before
 every provider call, so a redelivered command is never sent twice.
+
+A send that may succeed later goes to ``notifications.retry`` with its due time (the
+provider's Retry-After, else exponential backoff with jitter), so its partition goes on;
+after the retry budget it goes to the dead-letter topic with a ``notification.failed``.
+Each provider has a token bucket (its rate limit) and a circuit breaker.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import defaultdict
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,113 +26,248 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker import codec, metrics, topics
 from worker.codec import BadInput
-from worker.senders import PermanentFailure, RetryLater, Sender
+from worker.senders import ByPlatform, PermanentFailure, RetryLater, Sender
+from worker.senders.flow import Flow
+from worker.senders.guard import CircuitBreaker, TokenBucket
+from worker.senders.inbox import InboxSender
+from worker.senders.apns import ApnsSender
+from worker.senders.push import FcmSender
+from worker.senders.sms import SmsSender
 from worker.senders.smtp import EmailSender
+from worker.senders.webhook import WebhookSender
+from worker.senders.wechat import WechatSender
 from worker.settings import Settings
 
 log = logging.getLogger("worker.senders")
 SOURCE = "urn:order-notifier:senders"
-MAX_ATTEMPTS = 5
-CONCURRENCY = 32  # provider calls in flight
+CONCURRENCY = 256  # provider calls in flight
 
 
-def build_senders(settings: Settings) -> dict[str, Sender]:
-    return {"email": EmailSender(settings)}
+def build_senders(settings: Settings, producer: AIOKafkaProducer) -> dict[str, Sender]:
+    """One sender a channel; ``producer`` is the in-app inbox's way out."""
+    push = ByPlatform("push", {"fcm": FcmSender(settings), "apns": ApnsSender(settings)}, "fcm")
+    return {"email": EmailSender(settings), "sms": SmsSender(settings), "push": push,
+            "wechat": WechatSender(settings), "webhook": WebhookSender(settings),
+            "in_app": InboxSender(settings, producer)}
+
+
+@dataclass
+class Guard:
+    """A provider's rate limit and circuit breaker."""
+
+    bucket: TokenBucket
+    breaker: CircuitBreaker
+
+    async def wait(self, provider: str) -> None:
+        loop = asyncio.get_running_loop()
+        while (pause := self.breaker.wait(loop.time())) > 0:
+            metrics.circuit_open.labels(provider).set(1)
+            await asyncio.sleep(pause)
+        metrics.circuit_open.labels(provider).set(0 if self.breaker.state(loop.time()) == "closed" else 1)
+        if (pause := self.bucket.wait(loop.time())) > 0:
+            await asyncio.sleep(pause)
 
 
 class SendersService:
     def __init__(self, settings: Settings, senders: dict[str, Sender] | None = None) -> None:
         self.settings = settings
-        self.senders = senders or build_senders(settings)
-        self.topic_channel = {settings.topics.dispatch(c): c for c in self.senders}
-        self.ledger: set[str] = set()
+        self.ledger: set[str] = set()  # notification ids with an outcome
+        self.uncertain: dict[str, str] = {}  # begun before a crash, no outcome: id -> when
+        self.in_flight: set[str] = set()
+        # Markers and outcomes of many concurrent sends share produce requests: fewer,
+        # larger requests cost the broker much less CPU than one per record.
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_servers, acks="all",
-                                         linger_ms=2)
+                                         linger_ms=10)
+        self.senders = senders or build_senders(settings, self.producer)
+        self.guards: dict[str, Guard] = {}  # by provider, made on first use
+        self.topic_channel = {settings.topics.dispatch(c): c for c in self.senders}
+        group = f"{settings.app_id}-senders"
         self.consumer = AIOKafkaConsumer(
-            *self.topic_channel, bootstrap_servers=settings.kafka_servers, group_id=f"{settings.app_id}-senders",
+            *self.topic_channel, bootstrap_servers=settings.kafka_servers, group_id=group,
             enable_auto_commit=False, auto_offset_reset="earliest",
         )
+        self.retries = AIOKafkaConsumer(
+            settings.topics.retry, bootstrap_servers=settings.kafka_servers, group_id=f"{group}-retry",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+        )
+        self.calls = asyncio.Semaphore(CONCURRENCY)
 
     async def run(self) -> None:
         await self.producer.start()
         await self._load_ledger()
         await self.consumer.start()
+        await self.retries.start()
         log.info("senders ready: %s; ledger holds %d outcomes", ", ".join(self.senders),
                  len(self.ledger))
         try:
-            while True:
-                batch = await self.consumer.getmany(timeout_ms=500, max_records=500)
-                if batch:
-                    await self._handle_batch([r for records in batch.values() for r in records])
-                    await self.consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+            await asyncio.gather(Flow(self.consumer, self._handle, ordered=True).run(),
+                                 Flow(self.retries, self._retry, ordered=False).run())
         finally:
             await self.consumer.stop()
+            await self.retries.stop()
             await self.producer.stop()
             for sender in self.senders.values():
                 await sender.close()
 
-    async def _handle_batch(self, records: list[Any]) -> None:
-        """One customer's commands in order (shipped before delivered); customers at once,
-        up to CONCURRENCY provider calls. Offsets are committed after the whole batch."""
-        lanes: dict[tuple[str, bytes | None], list[Any]] = defaultdict(list)
-        for record in records:
-            lanes[(record.topic, record.key)].append(record)
-        gate = asyncio.Semaphore(CONCURRENCY)
-
-        async def lane(queue: list[Any]) -> None:
-            async with gate:
-                for record in queue:
-                    await self._handle(record)
-
-        await asyncio.gather(*(lane(queue) for queue in lanes.values()))
+    async def _retry(self, record: Any) -> None:
+        """A send from the retry topic: it sleeps on its own until it is due."""
+        entry = orjson.loads(record.value)
+        channel = entry["channel"]
+        metrics.retries_waiting.labels(channel).inc()
+        try:
+            wait = (datetime.fromisoformat(entry["due"]) - _now()).total_seconds()
+            await asyncio.sleep(max(0.0, wait))
+            await self._attempt(channel, entry["command"], entry["attempts"], entry["origin"])
+        finally:
+            metrics.retries_waiting.labels(channel).dec()
 
     async def _load_ledger(self) -> None:
-        """Read every outcome written so far; their notification ids are never sent again."""
-        for record in await topics.read_all(self.settings.kafka_servers, self.settings.topics.sent):
+        """Read the recent outcomes (their ids are never sent again), and the attempts
+        begun without an outcome: a crash came in the middle of those."""
+        servers, t = self.settings.kafka_servers, self.settings.topics
+        # A command is redelivered at most a few minutes after its first try, and expires
+        # within days: the outcomes of the last ledger_days are all it can meet again.
+        since = _now() - timedelta(days=self.settings.ledger_days)
+        for record in await topics.read_all(servers, t.sent, since):
             self.ledger.add(orjson.loads(record.value)["notification_id"])
+        for record in await topics.read_all(servers, t.attempts, since):
+            nid = record.key.decode()
+            if record.value is None:  # the provider said no to that attempt
+                self.uncertain.pop(nid, None)
+            elif nid not in self.ledger:
+                self.uncertain.setdefault(nid, orjson.loads(record.value)["at"])
 
     async def _handle(self, record: Any) -> None:
+        """A dispatch command; one that breaks a sender goes to the dead-letter topic."""
+        origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        try:
+            await self._dispatch(record, origin)
+        except Exception as error:  # a bug must not stop every other send, nor vanish
+            log.exception("sender error on %s[%s]@%s", record.topic, record.partition, record.offset)
+            await self._dead_letter(record.value, record.key, record.headers,
+                                    BadInput("sender_error", f"{type(error).__name__}: {error}"), origin)
+
+    async def _dispatch(self, record: Any, origin: dict[str, Any]) -> None:
         channel = self.topic_channel[record.topic]
         try:
             envelope = codec.decode(record.key, record.value, record.headers,
                                     accepted_types=frozenset({"notification.requested"}),
                                     max_bytes=self.settings.max_event_bytes)
         except BadInput as error:
-            await self._dead_letter(record, error)
+            await self._dead_letter(record.value, record.key, record.headers, error, origin)
             return
-        command = envelope.data
-        if command["notification_id"] in self.ledger:
-            log.info("already sent; skipped", extra={"notification_id": command["notification_id"]})
+        await self._attempt(channel, envelope.data, 0, origin)
+
+    async def _attempt(self, channel: str, command: dict[str, Any], attempts: int,
+                       origin: dict[str, Any]) -> None:
+        """One provider call for ``command``, unless it already has an outcome; then its
+        outcome, or its place on the retry topic."""
+        nid = command["notification_id"]
+        if nid in self.ledger or nid in self.in_flight:
+            log.info("already sent or sending; skipped", extra={"notification_id": nid})
             return
-        sender = self.senders[channel]
-        attempts, outcome, extra = 0, "sent", {}
+        sender = self.senders[channel].pick(command)
         if self._expired(command):
-            outcome, extra = "suppressed", {"reason": "expired"}
-        else:
-            while True:
-                attempts += 1
-                started = asyncio.get_running_loop().time()
-                try:
-                    delivery = await sender.send(command)
-                    metrics.provider_calls.labels(sender.provider, "accepted").inc()
-                    if delivery.provider_message_id:
-                        extra["provider_message_id"] = delivery.provider_message_id
-                    break
-                except PermanentFailure as failure:
-                    metrics.provider_calls.labels(sender.provider, "rejected").inc()
-                    outcome, extra = "failed", {"reason": failure.reason}
-                    break
-                except RetryLater as retry:
-                    metrics.provider_calls.labels(sender.provider, "retry").inc()
-                    if attempts >= MAX_ATTEMPTS:
-                        outcome, extra = "failed", {"reason": "retries_exhausted"}
-                        break
-                    delay = retry.retry_after or min(30.0, 0.5 * 2 ** attempts)
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                finally:
-                    metrics.send_seconds.labels(sender.provider).observe(
-                        asyncio.get_running_loop().time() - started)
-        await self._report(command, channel, sender.provider, outcome, attempts, extra)
+            await self._report(command, channel, sender.provider, "suppressed", attempts,
+                               {"reason": "expired"})
+            return
+        self.in_flight.add(nid)
+        try:
+            retry = await self._begin(sender, channel, command, attempts, origin)
+        finally:
+            self.in_flight.discard(nid)
+        if retry is not None:  # after the discard: the retry may come back before the ack
+            await self._send_to_retry(command, channel, attempts + 1, origin, retry.retry_after)
+
+    async def _begin(self, sender: Sender, channel: str, command: dict[str, Any], attempts: int,
+                     origin: dict[str, Any]) -> RetryLater | None:
+        """The call, unless the provider took this send before a crash; a failure that may
+        pass comes back, to be retried."""
+        nid = command["notification_id"]
+        since = self.uncertain.pop(nid, None)
+        if since and (found := await sender.find(command, since)):
+            log.info("taken by the provider before a crash", extra={"notification_id": nid})
+            await self._report(command, channel, sender.provider, "sent", attempts + 1,
+                               {"provider_message_id": found.provider_message_id})
+            return None
+        if since:
+            log.warning("sending again after a crash; %s cannot tell whether it took the first",
+                        sender.provider, extra={"notification_id": nid})
+        return await self._call(sender, channel, command, attempts + 1, origin)
+
+    def _guard(self, provider: str) -> Guard:
+        if provider not in self.guards:
+            rate = self.settings.rates.get(provider, 0.0)
+            self.guards[provider] = Guard(TokenBucket(rate, max(1.0, rate)), CircuitBreaker(
+                self.settings.breaker_failures, self.settings.breaker_seconds))
+        return self.guards[provider]
+
+    async def _call(self, sender: Sender, channel: str, command: dict[str, Any], attempts: int,
+                    origin: dict[str, Any]) -> RetryLater | None:
+        guard = self._guard(sender.provider)
+        await guard.wait(sender.provider)
+        if not sender.drops_repeats:
+            # Written before the call: after a crash, the provider is asked before a resend.
+            await self.producer.send_and_wait(self.settings.topics.attempts,
+                                              orjson.dumps({"at": _now().isoformat()}),
+                                              key=command["notification_id"].encode())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            # Only the call itself takes a slot: a provider's rate limit or open circuit
+            # (waited for above) holds up its own sends, not the other providers'.
+            async with self.calls:
+                delivery = await sender.send(command)
+        except PermanentFailure as failure:
+            guard.breaker.succeeded()  # the provider answered: it is up
+            metrics.provider_calls.labels(sender.provider, "rejected").inc()
+            await self._report(command, channel, sender.provider, "failed", attempts,
+                               {"reason": failure.reason})
+            return None
+        except RetryLater as retry:
+            guard.breaker.failed(loop.time())
+            metrics.provider_calls.labels(sender.provider, "retry").inc()
+            if retry.answered and not sender.drops_repeats:  # it said no: nothing is uncertain
+                await self.producer.send_and_wait(self.settings.topics.attempts, None,
+                                                  key=command["notification_id"].encode())
+            if attempts >= self.settings.retry_attempts:
+                await self._give_up(command, channel, sender.provider, attempts, origin, retry)
+                return None
+            return retry
+        finally:
+            metrics.send_seconds.labels(sender.provider).observe(loop.time() - started)
+        guard.breaker.succeeded()
+        metrics.provider_calls.labels(sender.provider, "accepted").inc()
+        extra = {"provider_message_id": delivery.provider_message_id} if (
+            delivery.provider_message_id) else {}
+        await self._report(command, channel, sender.provider, "sent", attempts, extra)
+        return None
+
+    async def _send_to_retry(self, command: dict[str, Any], channel: str, attempts: int,
+                             origin: dict[str, Any], retry_after: float | None) -> None:
+        due = _now() + timedelta(seconds=self._backoff(attempts, retry_after))
+        entry = {"channel": channel, "attempts": attempts, "due": due.isoformat(),
+                 "origin": origin, "command": command}
+        await self.producer.send_and_wait(self.settings.topics.retry, orjson.dumps(entry),
+                                          key=command["customer_id"].encode())
+
+    async def _give_up(self, command: dict[str, Any], channel: str, provider: str, attempts: int,
+                       origin: dict[str, Any], retry: RetryLater) -> None:
+        """The retry budget is spent: the command to the dead-letter topic, and its outcome."""
+        value, headers = codec.encode(
+            event_type="notification.requested", event_id=command["notification_id"],
+            source=SOURCE, time=_now(), data=command, subject=command["order_id"])
+        error = BadInput("retries_exhausted", f"{attempts} attempts; last: {retry.reason}")
+        await self._dead_letter(value, command["customer_id"].encode(), headers, error, origin)
+        await self._report(command, channel, provider, "failed", attempts,
+                           {"reason": "retries_exhausted"})
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        """The provider's Retry-After, else exponential backoff; with jitter either way, so
+        many messages held up together do not come back together."""
+        s = self.settings
+        delay = retry_after or min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempts - 1))
+        return delay * random.uniform(0.8, 1.2)
 
     def _expired(self, command: dict[str, Any]) -> bool:
         """Past ``expires_at`` on the wall clock. With the event clock (replays, simulations),
@@ -151,8 +291,9 @@ class SendersService:
             "channel": channel, "provider": provider, "attempts": attempts,
             "occurred_at": occurred, "latency_ms": latency_ms, **extra,
         }
-        if command.get("shipment_id"):
-            data["shipment_id"] = command["shipment_id"]
+        for optional in ("shipment_id", "variant"):
+            if command.get(optional):
+                data[optional] = command[optional]
         value, headers = codec.encode(
             event_type=f"notification.{outcome}", event_id=f"{outcome[:3]}-{command['notification_id']}",
             source=SOURCE, time=now, data=data, subject=command["order_id"],
@@ -167,15 +308,14 @@ class SendersService:
             "notification_id": command["notification_id"], "order_id": command["order_id"],
             "channel": channel, "kind": command["kind"]})
 
-    async def _dead_letter(self, record: Any, error: BadInput) -> None:
-        metrics.invalid_inputs.labels(record.topic, error.error_type).inc()
-        metrics.dlq_writes.labels(record.topic).inc()
-        log.warning("dead-lettered %s[%s]@%s: %s", record.topic, record.partition, record.offset,
-                    error.message)
-        headers = codec.dlq_headers(record.headers, error, topic=record.topic,
-                                    partition=record.partition, offset=record.offset)
-        await self.producer.send_and_wait(self.settings.topics.dlq, record.value, key=record.key,
-                                          headers=headers)
+    async def _dead_letter(self, value: bytes, key: bytes | None, headers: Any, error: BadInput,
+                           origin: dict[str, Any]) -> None:
+        metrics.invalid_inputs.labels(origin["topic"], error.error_type).inc()
+        metrics.dlq_writes.labels(origin["topic"]).inc()
+        log.warning("dead-lettered %s[%s]@%s: %s", origin["topic"], origin["partition"],
+                    origin["offset"], error.message)
+        await self.producer.send_and_wait(self.settings.topics.dlq, value, key=key, headers=codec.dlq_headers(
+            headers, error, topic=origin["topic"], partition=origin["partition"], offset=origin["offset"]))
 
 
 async def serve_web(settings: Settings) -> web.AppRunner:

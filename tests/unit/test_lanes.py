@@ -1,0 +1,137 @@
+"""Lane statistics: log histograms, lane keys, journeys, thresholds and predictions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from worker.domain import histogram, lanes
+from worker.domain.rules import Prediction
+from worker.domain.shipment import Shipment
+
+HOUR = 3600
+RULES = Prediction()
+
+
+def test_quantiles_are_within_a_bucket_of_the_truth_at_any_scale():
+    rng = random.Random(3)
+    for scale in (600, 10 * HOUR, 10 * 24 * HOUR):
+        samples = sorted(rng.lognormvariate(0, 0.6) * scale for _ in range(5000))
+        h: histogram.Histogram = {}
+        for s in samples:
+            histogram.add(h, s)
+        for q in (0.5, 0.9, 0.95):
+            truth = samples[int(q * len(samples)) - 1]
+            assert abs(histogram.quantile(h, q) / truth - 1) < 0.06, (scale, q)
+        assert len(h) < 120  # compact, whatever the number of samples
+
+
+def test_merged_days_are_the_sum_of_their_counts_and_stay_json_ready():
+    a, b = {}, {}
+    histogram.add(a, 5 * HOUR)
+    histogram.add(b, 5 * HOUR)
+    histogram.add(b, 50 * HOUR)
+    merged = histogram.merge([a, b])
+    assert histogram.total(merged) == 3
+    assert all(isinstance(k, str) and isinstance(v, int) for k, v in merged.items())
+    assert histogram.share_above(merged, 10 * HOUR) == pytest.approx(1 / 3)
+    assert histogram.quantile({}, 0.5) is None
+
+
+def test_lane_keys_go_from_the_route_to_the_carrier():
+    assert lanes.lane_keys("sf-express", {"country": "CN", "region": "ZJ"},
+                           {"country": "CN", "region": "SH"}) == [
+        "sf-express|CN-ZJ|CN-SH", "sf-express|*|CN", "sf-express"]
+    assert lanes.lane_keys("ups", {}, {"country": "US"}) == ["ups|*|US", "ups"]
+
+
+def test_a_delivered_parcel_teaches_silences_per_leg_and_time_left_per_milestone():
+    parcel = Shipment("P1", checkpoints=[
+        ["2026-11-02T00:00:00+00:00", "PICKED_UP", None],
+        ["2026-11-02T10:00:00+00:00", "IN_TRANSIT", None],
+        ["2026-11-03T10:00:00+00:00", "IN_TRANSIT", None],
+        ["2026-11-04T00:00:00+00:00", "DELIVERED", None],
+    ])
+    lesson = lanes.journey(parcel)
+    assert lesson["gaps"] == {"PICKED_UP": [10 * HOUR], "IN_TRANSIT": [24 * HOUR, 14 * HOUR]}
+    assert lesson["remaining"] == {"PICKED_UP": [48 * HOUR], "IN_TRANSIT": [38 * HOUR]}
+
+
+def figures_with(leg: str, seconds: float, count: int = 40, part: str = "gaps") -> dict:
+    day: dict = {}
+    lanes.learn(day, {part: {leg: [seconds] * count}})
+    return lanes.figures([day])
+
+
+def test_the_stall_threshold_is_learned_with_a_floor_and_a_default():
+    assert lanes.stall_after("IN_TRANSIT", [], RULES) == 48 * HOUR
+    slow = figures_with("IN_TRANSIT", 40 * HOUR)
+    assert 38 * HOUR < lanes.stall_after("IN_TRANSIT", [slow], RULES) < 42 * HOUR
+    fast = figures_with("IN_TRANSIT", 3 * HOUR)
+    assert lanes.stall_after("IN_TRANSIT", [fast], RULES) == 24 * HOUR  # the floor
+    few = figures_with("IN_TRANSIT", 3 * HOUR, count=5)
+    assert lanes.stall_after("IN_TRANSIT", [few, slow], RULES) > 38 * HOUR  # the broader lane
+
+
+def test_a_carriers_day_off_does_not_count_towards_a_stall():
+    # Saturday 2026-11-07 12:00 UTC + 24 h, Sundays off: the deadline is Monday 12:00.
+    assert lanes.add_working("2026-11-07T12:00:00+00:00", 24 * HOUR, (6,)) == (
+        "2026-11-09T12:00:00+00:00")
+    assert lanes.add_working("2026-11-07T12:00:00+00:00", 24 * HOUR, ()) == (
+        "2026-11-08T12:00:00+00:00")
+
+
+def test_prediction_uses_the_lane_median_and_a_later_carrier_estimate():
+    lane = figures_with("PICKED_UP", 72 * HOUR, part="remaining")
+    predicted = lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES)
+    assert "2026-11-04T21:00" < predicted < "2026-11-05T03:00"  # 72 h, to within a bucket
+    assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES,
+                         "2026-11-08T00:00:00+00:00") == "2026-11-08T00:00:00+00:00"
+    assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [], RULES) is None
+
+
+def _days_with_stalls(*counts: int) -> list[dict]:
+    """Day buckets from 2026-11-01 on, with ``counts[i]`` stalls spread over day i."""
+    return [{"stalls": [f"2026-11-{d + 1:02d}T{h % 24:02d}:00:00+00:00" for h in range(n)]}
+            for d, n in enumerate(counts)]
+
+
+def test_a_lane_incident_is_many_stalls_far_above_the_lanes_own_baseline():
+    rules = Prediction()
+    calm = _days_with_stalls(2, 2, 2, 2, 2, 2, 2, 2)
+    assert lanes.incident(calm, "2026-11-08T23:59:00+00:00", rules) is None
+    storm = _days_with_stalls(2, 2, 2, 2, 2, 2, 2, 12)
+    found = lanes.incident(storm, "2026-11-08T23:59:00+00:00", rules)
+    assert found["stalls_24h"] == 12 and found["baseline_24h"] == 2
+    assert found["since"] == "2026-11-08T00:00:00+00:00"
+    # A busy lane needs more: eight stalls are its normal day.
+    busy = _days_with_stalls(8, 8, 8, 8, 8, 8, 8, 12)
+    assert lanes.incident(busy, "2026-11-08T23:59:00+00:00", rules) is None
+    # Without a week of history there is no baseline to be far above.
+    assert lanes.incident(_days_with_stalls(0, 0, 0, 20), "2026-11-04T23:59:00+00:00", rules) is None
+
+
+def test_the_lane_incident_alert_names_the_lane_and_fits_its_schema():
+    from worker import schemas
+
+    found = lanes.incident(_days_with_stalls(2, 2, 2, 2, 2, 2, 2, 12), "2026-11-08T23:59:00+00:00",
+                           Prediction())
+    alert = lanes.incident_alert("zto|CN-GD|CN-BJ", found)
+    assert alert.type == "alert.lane_delay" and alert.key == "zto|CN-GD|CN-BJ"
+    assert "12 parcels stalled" in alert.summary
+    assert schemas.problem(alert.type, alert.data()) is None
+
+
+def test_a_long_silence_is_predicted_from_the_lanes_past_stalls_in_that_leg():
+    day: dict = {}
+    normal = [8 * HOUR] * 500
+    stalls = [h * HOUR for h in range(40, 121, 4)]  # 21 past stalls of 40 to 120 h
+    lanes.learn(day, {"gaps": {"IN_TRANSIT": normal + stalls}})
+    figures = [lanes.figures([day])]
+    rules = Prediction()
+    median = lanes.long_silence("IN_TRANSIT", figures, rules, 24 * HOUR, 0.5)
+    assert 75 * HOUR < median < 85 * HOUR
+    # Too few past stalls (a quiet lane, or a leg that never stalls): no opinion.
+    assert lanes.long_silence("IN_TRANSIT", figures, rules, 100 * HOUR, 0.5) is None
+    assert lanes.long_silence("CUSTOMS", figures, rules, 24 * HOUR, 0.5) is None

@@ -1,0 +1,155 @@
+"""``notifier bench``: reproducible throughput and latency figures, written to
+docs/performance.md.
+
+``senders``: one senders process against the sinks on the embedded broker (or
+``NOTIFIER_KAFKA_BOOTSTRAP``), no faults, no rate limits: (a) a backlog of commands spread
+over every channel, sent as fast as one process can (notifications per second, from the
+first outcome to the last); (b) a steady 500 a second for 20 s, and the time from each
+command's arrival on its dispatch topic to the provider's acceptance (p50, p99).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from worker import codec, topics
+from worker.broker import EmbeddedBroker, free_port
+from worker.figures import write_block
+from worker.render import for_channel, render
+from worker.settings import PROJECT_ROOT, Settings, load
+
+CHANNELS = ("email", "sms", "push", "wechat", "webhook", "in_app")
+
+
+def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: float) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="notifier-bench-"))
+    broker = None
+    env = dict(os.environ)
+    try:
+        if "NOTIFIER_KAFKA_BOOTSTRAP" not in os.environ:
+            broker = EmbeddedBroker(settings.kafka_libs, workdir / "broker", port=free_port())
+            print("starting the embedded broker...", flush=True)
+            env["NOTIFIER_KAFKA_BOOTSTRAP"] = broker.start()
+        env.update({
+            "NOTIFIER_APP_ID": f"bench-{int(time.time())}", "NOTIFIER_OUTBOX": str(workdir / "outbox.jsonl"),
+            "NOTIFIER_PROVIDER_RATES": "", "NOTIFIER_LOG_LEVEL": "warning",
+            "NOTIFIER_SENDERS_WEB_PORT": str(free_port()), "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
+            "NOTIFIER_SMTP_PORT": str(free_port()),
+            **{f"NOTIFIER_{name}_URL": f"http://127.0.0.1:{free_port()}" for name in ("SMS", "PUSH", "APNS", "WECHAT")},
+            "NOTIFIER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks",
+        })
+        bench = load(env)
+        asyncio.run(topics.ensure(bench))
+        children = [subprocess.Popen([sys.executable, "-m", "worker", name], env=env, cwd=workdir,
+                                     stdout=(workdir / f"{name}.log").open("wb"), stderr=subprocess.STDOUT)
+                    for name in ("sinks", "senders")]
+        try:
+            time.sleep(3)
+            figures = asyncio.run(_measure(bench, backlog, steady_rate, steady_seconds))
+        finally:
+            for child in children:
+                child.terminate()
+                child.wait(20)
+    finally:
+        if broker:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    lines = [
+        f"one senders process, {backlog:,} notifications over {len(CHANNELS)} channels, no faults: "
+        f"{figures['rate']:,.0f} notifications/s",
+        f"steady {steady_rate:g}/s for {steady_seconds:g} s: dispatch to provider acceptance "
+        f"p50 {figures['p50']:.0f} ms, p99 {figures['p99']:.0f} ms",
+    ]
+    for line in lines:
+        print(line)
+    _write(lines, f"notifier bench senders --backlog {backlog} --rate {steady_rate:g} "
+                  f"--seconds {steady_seconds:g}")
+    return 0
+
+
+async def _measure(settings: Settings, backlog: int, rate: float, seconds: float) -> dict[str, float]:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_servers, linger_ms=5)
+    await producer.start()
+    try:
+        content = {c: for_channel(c, render("shipped", "zh_CN", "Asia/Shanghai", _FACTS), "SO-1",
+                                  _FACTS["tracking_url"], "tpl") for c in CHANNELS}
+        for n in range(backlog):
+            await _send(producer, settings, f"backlog-{n}", CHANNELS[n % len(CHANNELS)], content)
+        await producer.flush()
+        print(f"{backlog:,} commands queued; sending...", flush=True)
+        outcomes = await _wait_for(settings, backlog)
+        times = sorted(datetime.fromisoformat(o["occurred_at"]) for o in outcomes)
+        backlog_rate = (backlog - 1) / max(1e-3, (times[-1] - times[0]).total_seconds())
+        print(f"steady {rate:g}/s for {seconds:g} s...", flush=True)
+        start = time.monotonic()
+        for n in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+            await _send(producer, settings, f"steady-{n}", CHANNELS[n % len(CHANNELS)], content)
+        await producer.flush()
+        steady = [o for o in await _wait_for(settings, backlog + int(rate * seconds))
+                  if o["notification_id"].startswith("steady-")]
+        latencies = sorted(o["latency_ms"] for o in steady)
+        return {"rate": backlog_rate, "p50": statistics.median(latencies),
+                "p99": latencies[int(0.99 * (len(latencies) - 1))]}
+    finally:
+        await producer.stop()
+
+
+async def _send(producer, settings: Settings, nid: str, channel: str, content: dict) -> None:
+    now = datetime.now(UTC)
+    recipient = {"email": {"email": "c@example.com"}, "sms": {"phone": "+8613912345678"},
+                 "push": {"push_token": "tok", "platform": "fcm"}, "wechat": {"wechat_openid": "o-1"},
+                 "webhook": {"url": settings.webhook_url}, "in_app": {"customer_id": "C1"}}[channel]
+    command = {"notification_id": nid, "kind": "shipped", "priority": "transactional", "order_id": "SO-1",
+               "customer_id": f"C{hash(nid) % 1000}", "channel": channel, "locale": "zh-CN",
+               "recipient": recipient, "content": content[channel], "tracking_url": _FACTS["tracking_url"],
+               "created_at": now.isoformat(), "received_at": now.isoformat(), "caused_by": ["bench"]}
+    value, headers = codec.encode(event_type="notification.requested", event_id=nid, source="urn:bench",
+                                  time=now, data=command, subject="SO-1")
+    await producer.send(settings.topics.dispatch(channel), value, key=command["customer_id"].encode(),
+                        headers=headers)
+
+
+async def _wait_for(settings: Settings, count: int, timeout: float = 600) -> list[dict]:
+    """The first ``count`` outcomes, read as they come (re-reading the topic each time
+    would take the CPU the senders are measured on)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(settings.topics.sent, bootstrap_servers=settings.kafka_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    outcomes: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(outcomes) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).values():
+                outcomes += [orjson.loads(r.value) for r in records]
+        return outcomes
+    finally:
+        await consumer.stop()
+
+
+def _write(lines: list[str], how: str) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    write_block(PROJECT_ROOT / "docs" / "performance.md", "bench:senders", "Senders",
+                f"`{how}` on {machine}, {datetime.now(UTC):%Y-%m-%d}:", lines)
+
+
+_FACTS = {"shop": {"name": "熊猫优选"}, "customer": {"name": "李雷"}, "order_id": "SO-1",
+          "tracking_url": "http://127.0.0.1:6066/t/x", "items": [], "promised_delivery_by": None,
+          "total": {"amount": "88", "currency": "CNY"},
+          "shipment": {"carrier": "zto", "tracking_number": "ZTO123", "carrier_eta": None}}

@@ -1,0 +1,224 @@
+"""Lanes: what delivered parcels teach about a route, and what that says of a parcel now.
+
+A lane is carrier × origin region × destination region, with two broader fallbacks
+(carrier × destination country, then the carrier alone) for lanes with few samples.
+Every delivered parcel contributes its journey (:func:`journey`) to all three, in a
+day bucket of log histograms; the figures of a lane (:func:`figures`) merge the buckets
+of the window. The order stage asks :func:`stall_after` and :func:`predict` with the
+figures of the parcel's lanes, most specific first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from worker.domain import histogram
+from worker.domain.clock import stamp
+from worker.domain.notification import Alert, notification_id
+from worker.domain.rules import Prediction
+from worker.domain.shipment import Shipment
+
+INCIDENT_BASELINE_DAYS = 7  # days of a lane's history before it can have an incident
+# Legs in which a parcel is moving and silence means something. A parcel waiting at a
+# pickup point or after a failed attempt waits for its customer, not its carrier.
+MOVING = ("PICKED_UP", "IN_TRANSIT", "CUSTOMS", "ARRIVED_AT_DESTINATION", "OUT_FOR_DELIVERY")
+Figures = Mapping[str, Any]  # {"gaps": {leg: histogram}, "remaining": {milestone: histogram}}
+
+
+@dataclass(frozen=True, slots=True)
+class Lesson:
+    """One delivered parcel's journey, for each of its lanes' day bucket."""
+
+    lanes: list[str]
+    day: str  # the delivery's UTC date
+    journey: dict[str, dict[str, list[float]]]
+    parcel: str  # "<order id>:<shipment id>", for logs
+    stalled_at: str | None = None  # not a delivery: a stall, for the lane's incident watch
+
+
+def lesson(order_id: str, parcel: Shipment, days_off: Sequence[int] = ()) -> Lesson:
+    delivered = parcel.delivered_at or ""
+    return Lesson(lane_keys(parcel.carrier, parcel.origin, parcel.destination), delivered[:10],
+                  journey(parcel, days_off), f"{order_id}:{parcel.shipment_id}")
+
+
+def stalled(order_id: str, parcel: Shipment, at: str) -> Lesson:
+    """A stall, told to the parcel's own lane only: incidents are a lane's, not a carrier's."""
+    return Lesson(lane_keys(parcel.carrier, parcel.origin, parcel.destination)[:1], at[:10], {},
+                  f"{order_id}:{parcel.shipment_id}", stalled_at=at)
+
+
+def incident(days: Sequence[Mapping[str, Any]], now: str, rules: Prediction) -> dict[str, Any] | None:
+    """Is the lane in an incident at ``now``: its stalls of the last 24 h far above its own
+    baseline (its stalls per day over the rest of the window)?"""
+    if len(days) < INCIDENT_BASELINE_DAYS:
+        return None  # no baseline yet to be far above
+    since = stamp(datetime.fromisoformat(now) - timedelta(hours=24))
+    stalls = [t for day in days for t in day.get("stalls", [])]
+    recent = sorted(t for t in stalls if since < t <= now)
+    baseline = sum(1 for t in stalls if t <= since) / (len(days) - 1)
+    if len(recent) < max(rules.incident_min_stalls, rules.incident_factor * baseline):
+        return None
+    return {"since": recent[0], "last": now, "stalls_24h": len(recent),
+            "baseline_24h": round(baseline, 2)}
+
+
+def incident_alert(lane: str, found: Mapping[str, Any]) -> Alert:
+    """The one alert of a lane incident."""
+    return Alert(
+        alert_id=notification_id(lane, "alert.lane_delay", found["since"]), type="alert.lane_delay",
+        severity="critical", key=lane, lane=lane, raised_at=found["last"],
+        summary=f"{found['stalls_24h']} parcels stalled on this lane in 24 h "
+                f"(usually {found['baseline_24h']:g} a day): customers get delay notices, not stall messages",
+        figures=dict(found))
+
+
+def in_incident(lanes: Sequence[Figures], at: str, rules: Prediction) -> bool:
+    """Whether the parcel's own lane was in an incident at ``at``: from its first stall
+    until ``incident_hours`` after its latest."""
+    found = lanes[0].get("incident") if lanes else None
+    if not found:
+        return False
+    until = stamp(datetime.fromisoformat(found["last"]) + timedelta(hours=rules.incident_hours))
+    return found["since"] <= at <= until
+
+
+def lane_keys(carrier: str, origin: Mapping[str, Any], destination: Mapping[str, Any]) -> list[str]:
+    """The parcel's lanes, most specific first."""
+    keys = []
+    if origin.get("region") and destination.get("region"):
+        keys.append(f"{carrier}|{origin.get('country', '')}-{origin['region']}"
+                    f"|{destination.get('country', '')}-{destination['region']}")
+    if destination.get("country"):
+        keys.append(f"{carrier}|*|{destination['country']}")
+    keys.append(carrier)
+    return keys
+
+
+def journey(parcel: Shipment, days_off: Sequence[int] = ()) -> dict[str, dict[str, list[float]]]:
+    """What a delivered parcel teaches its lanes: the silences in each moving leg (seconds
+    from a checkpoint to the next), and the time left to delivery from each milestone, in
+    the carrier's working time (its days off left out, so a weekend is not a slow lane)."""
+    delivered = parcel.delivered_at
+    main = [c for c in parcel.checkpoints if c[1] and c[1] not in ("EXCEPTION",)]
+    gaps: dict[str, list[float]] = {}
+    for (at, milestone, _), (later, _, _) in zip(main, main[1:]):
+        if milestone in MOVING and (delivered is None or at < delivered):
+            gaps.setdefault(milestone, []).append(_seconds(at, later))
+    remaining: dict[str, list[float]] = {}
+    if delivered:
+        for milestone in MOVING:
+            reached = parcel.times(milestone)
+            if reached and reached[0] <= delivered:
+                remaining[milestone] = [working_seconds(reached[0], delivered, days_off)]
+    return {"gaps": gaps, "remaining": remaining}
+
+
+def learn(day: dict[str, Any], lesson: Mapping[str, Mapping[str, list[float]]]) -> None:
+    """Add one parcel's journey to a lane's day bucket."""
+    for part in ("gaps", "remaining"):
+        for name, samples in lesson.get(part, {}).items():
+            bucket = day.setdefault(part, {}).setdefault(name, {})
+            for seconds in samples:
+                histogram.add(bucket, seconds)
+
+
+def figures(days: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A lane's figures over a window: its day buckets merged."""
+    merged: dict[str, Any] = {}
+    for part in ("gaps", "remaining"):
+        names = {name for day in days for name in day.get(part, {})}
+        merged[part] = {name: histogram.merge(day[part][name] for day in days
+                                              if name in day.get(part, {}))
+                        for name in names}
+    return merged
+
+
+def stall_after(leg: str, lanes: Sequence[Figures], rules: Prediction, floor: bool = True) -> float:
+    """Seconds of silence after which a parcel in ``leg`` has stalled: the lane's high
+    quantile of that leg's silences, never under the floor (unless ``floor`` is False:
+    an unusual silence, for predictions); the default without samples."""
+    for lane in lanes:
+        gaps = lane.get("gaps", {}).get(leg, {})
+        if histogram.total(gaps) >= rules.min_samples:
+            learned = histogram.quantile(gaps, rules.stall_quantile) or 0.0
+            return max(learned, rules.stall_floor_hours * 3600 if floor else 0.0)
+    return rules.stall_default_hours * 3600
+
+
+def long_silence(leg: str, lanes: Sequence[Figures], rules: Prediction, silent: float,
+                 q: float) -> float | None:
+    """How long (seconds, quantile ``q``) a silence in ``leg`` that has lasted ``silent``
+    will last in all, from the lane's past silences at least that long; None when the lane
+    has seen too few of them to say."""
+    for lane in lanes:
+        longer = histogram.above(lane.get("gaps", {}).get(leg, {}), silent)
+        if histogram.total(longer) >= rules.min_tail_samples:
+            return histogram.quantile(longer, q)
+    return None
+
+
+def add_working(start: str, seconds: float, non_working: Sequence[int]) -> str:
+    """``seconds`` of the carrier's working time after ``start``: its non-working weekdays
+    (Monday = 0; whole UTC days) do not count, and the result never falls on one."""
+    at = datetime.fromisoformat(start)
+    left = timedelta(seconds=seconds)
+    if len(set(non_working)) >= 7:
+        return stamp(at + left)
+    while left > timedelta(0):
+        midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
+        if at.weekday() in non_working:
+            at = midnight
+            continue
+        step = min(left, midnight - at)
+        at, left = at + step, left - step
+    while at.weekday() in non_working:  # a deadline never falls on a day off
+        at = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
+    return stamp(at)
+
+
+def working_seconds(start: str, end: str, non_working: Sequence[int]) -> float:
+    """Seconds between two times, less the carrier's non-working days."""
+    at, until = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    total = 0.0
+    while at < until:
+        midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
+        step = min(until, midnight) - at
+        if at.weekday() not in non_working:
+            total += step.total_seconds()
+        at += step
+    return total
+
+
+def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,
+            carrier_eta: str | None = None, quantile: float = 0.5,
+            days_off: Sequence[int] = ()) -> str | None:
+    """When the parcel will be delivered: the time it reached ``milestone`` plus the lane's
+    ``quantile`` of the time left from there (the median by default); a later carrier
+    estimate wins (the carrier may know of a delay). None when neither can say."""
+    predicted = None
+    for lane in lanes:
+        left = lane.get("remaining", {}).get(milestone, {})
+        if histogram.total(left) >= rules.min_samples:
+            seconds = histogram.quantile(left, quantile) or 0.0
+            predicted = add_working(reached, seconds, days_off)
+            break
+    if carrier_eta and (predicted is None or stamp(datetime.fromisoformat(carrier_eta)) > predicted):
+        predicted = stamp(datetime.fromisoformat(carrier_eta))
+    return predicted
+
+
+def usual_gap(leg: str, lanes: Sequence[Figures], rules: Prediction) -> float:
+    """The lane's median silence in ``leg`` (seconds); 0 when unknown."""
+    for lane in lanes:
+        gaps = lane.get("gaps", {}).get(leg, {})
+        if histogram.total(gaps) >= rules.min_samples:
+            return histogram.quantile(gaps, 0.5) or 0.0
+    return 0.0
+
+
+def _seconds(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()

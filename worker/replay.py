@@ -1,0 +1,78 @@
+"""A stream through the pure decision code alone, without a broker.
+
+The order stage and the lane stage as the worker runs them under the event clock (agenda,
+wake-ups at their due times, lessons into lane day buckets, figures back to the order
+stage), in one process and in arrival order: what the worker should decide for a
+stream, to score predictions and to compare runs against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from worker.agenda import Agenda
+from worker.domain import lanes, order
+from worker.domain.envelope import Envelope
+from worker.domain.notification import Alert, Intent
+from worker.domain.rules import Rules
+from worker.lane_book import LaneBook
+
+
+@dataclass
+class Outcome:
+    intents: list[Intent] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    lane_figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Replay:
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.states: dict[str, order.OrderState] = {}
+        self.agenda = Agenda({}, "wake")
+        self.book = LaneBook({}, rules.prediction)
+        self.outcome = Outcome()
+
+    def run(self, records: Iterable[Any]) -> Outcome:
+        """``records``: :class:`worker.simulate.Record` in arrival order."""
+        for record in records:
+            envelope = Envelope(record.event_id, record.source, record.event_type, record.time,
+                                record.key, record.data)
+            if envelope.type == "clock.tick":
+                self.until(datetime.fromisoformat(envelope.data["now"]))
+            elif envelope.type.startswith(("order.", "tracking.")):
+                order_id = envelope.data["order_id"]
+                applied = order.apply(self.states.get(order_id), envelope, received_at=envelope.time)
+                self.states[order_id] = applied.state
+                self.agenda.add(0, envelope.time, order_id)
+        return self.outcome
+
+    def until(self, now: datetime) -> None:
+        queue = self.agenda.pop_due(0, now)
+        while queue:
+            queue.sort()
+            due, order_id = queue.pop(0)
+            upcoming = self._wake(order_id, due)
+            if upcoming is not None and upcoming <= now:
+                queue.append((upcoming, order_id))
+            elif upcoming is not None:
+                self.agenda.add(0, upcoming, order_id)
+
+    def _wake(self, order_id: str, now: datetime) -> datetime | None:
+        figures = self.outcome.lane_figures
+        decisions = order.wake(self.states[order_id], now, self.rules,
+                               lambda keys: [figures[k] for k in keys if k in figures])
+        self.outcome.intents += decisions.intents
+        self.outcome.alerts += decisions.alerts
+        for lesson in decisions.lessons:
+            for lane in lesson.lanes:
+                if lesson.stalled_at:
+                    figures[lane], started = self.book.stalled(lane, lesson.stalled_at)
+                    if started:
+                        self.outcome.alerts.append(lanes.incident_alert(lane, figures[lane]["incident"]))
+                else:
+                    figures[lane] = self.book.learn(lane, lesson.day, lesson.journey)
+        return datetime.fromisoformat(decisions.next_wake) if decisions.next_wake else None
