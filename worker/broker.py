@@ -7,6 +7,7 @@ child process, with its data in a folder of the run.
 from __future__ import annotations
 
 import base64
+import random
 import shutil
 import socket
 import subprocess
@@ -19,10 +20,29 @@ class BrokerError(RuntimeError):
     pass
 
 
+_handed_out: set[int] = set()
+_pick = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a server that starts a little later.
+
+    Picked below the kernel's ephemeral range: a port from bind(0) is also what the next
+    outgoing connection may take as its local port before our server binds it.
+    """
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    ephemeral_start = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    while True:
+        port = _pick.randrange(ephemeral_start // 2, ephemeral_start)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
