@@ -19,6 +19,7 @@ from worker.settings import Settings
 from worker.stream import load_rules
 
 INCIDENT_LANE = "zto|CN-GD|CN-BJ"
+RING_ORDERS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Scores:
     precision: float
     recall: float
     median_lead_hours: float | None
+    leads_by_cause: dict[str, tuple[int, int, float | None]]  # cause -> late, warned, median lead
     stalls: int
     stalls_caught: int
     false_stall_share: float
@@ -37,6 +39,9 @@ class Scores:
     other_lane_alerts: int  # alert.lane_delay anywhere else: false incidents
     incident_stall_alerts: int  # single stall alerts on the incident's lane after its alert
     cohort_notices: int  # delay notices sent as the incident's cohort
+    ring_orders: int  # orders of the injected ring (different customers, one doorstep)
+    ring_alerts: int  # alert.suspicious_orders naming ring orders
+    other_risk_alerts: int  # alert.suspicious_orders about anything else: false alarms
 
     @property
     def stall_catch_rate(self) -> float:
@@ -48,6 +53,10 @@ class Scores:
             f"shipments scored: {self.shipments} (late: {self.late}; warned: {self.warned})",
             f"delay prediction: precision {self.precision:.3f}, recall {self.recall:.3f}, "
             f"median warning {lead} before the promise passed",
+            "warning by cause of lateness: " + "; ".join(
+                f"{cause} {late} late, {warned} warned, median "
+                + ("n/a" if lead is None else f"{lead:.1f} h") + " before"
+                for cause, (late, warned, lead) in self.leads_by_cause.items()),
             f"stalls: {self.stalls_caught} of {self.stalls} injected caught "
             f"({self.stall_catch_rate:.1%}); false stalls on {self.false_stall_share:.2%} of "
             f"parcels without one",
@@ -55,6 +64,8 @@ class Scores:
             f"{self.incident_alerts} alert.lane_delay, {self.cohort_notices} cohort delay notices, "
             f"{self.incident_stall_alerts} single stall alerts on the lane after its alert; "
             f"{self.other_lane_alerts} alert.lane_delay elsewhere",
+            f"suspicious orders: a ring of {self.ring_orders} orders to one address raised "
+            f"{self.ring_alerts} alert.suspicious_orders; {self.other_risk_alerts} elsewhere",
         ]
 
 
@@ -62,8 +73,9 @@ def run(settings: Settings, *, orders: int, days: float, seed: int, start: datet
     truths: list[journeys.Truth] = []
     incident = journeys.Incident(INCIDENT_LANE, start + timedelta(days=days / 3),
                                  start + timedelta(days=days / 3 + 2))
+    ring = (start + timedelta(days=days / 2), RING_ORDERS)
     records = simulate.stories(settings, count=orders, seed=seed, start=start, days=days,
-                               truths=truths, incidents=(incident,), tick_minutes=30)
+                               truths=truths, incidents=(incident,), tick_minutes=30, ring=ring)
     outcome = Replay(load_rules(settings)).run(records)
     return score(truths, outcome, horizon=start + timedelta(days=days), incident=incident)
 
@@ -91,8 +103,17 @@ def score(truths: list[journeys.Truth], outcome: Outcome, horizon: datetime,
     late = [t for t in scored if t.late]
     warned = [t for t in scored if t.shipment_id in first_warning]
     hits = [t for t in late if t.shipment_id in first_warning]
-    leads = [(datetime.fromisoformat(t.promised) - datetime.fromisoformat(first_warning[t.shipment_id]))
-             .total_seconds() / 3600 for t in hits]
+
+    def lead(t: journeys.Truth) -> float:
+        return (datetime.fromisoformat(t.promised)
+                - datetime.fromisoformat(first_warning[t.shipment_id])).total_seconds() / 3600
+
+    leads = [lead(t) for t in hits]
+    by_cause: dict[str, tuple[int, int, float | None]] = {}
+    for cause in sorted({t.cause for t in late}):
+        of_cause = [lead(t) for t in hits if t.cause == cause]
+        by_cause[cause] = (sum(1 for t in late if t.cause == cause), len(of_cause),
+                           statistics.median(of_cause) if of_cause else None)
 
     injected = [(t, s) for t in scored for s in t.stalls]
     # Caught: its own stall alert, or (in a lane incident) the lane's cohort delay notice.
@@ -106,11 +127,13 @@ def score(truths: list[journeys.Truth], outcome: Outcome, horizon: datetime,
     # After the lane's alert, until a day after the hold-up ended: single alerts would be a storm.
     raised = min((a.raised_at for a in lane_alerts if a.lane == INCIDENT_LANE), default=end)
     window = (raised, (incident.end + timedelta(hours=24)).isoformat())
+    risk_alerts = [a for a in outcome.alerts if a.type == "alert.suspicious_orders"]
+    ring = {t.order_id for t in truths if t.ring}
     return Scores(
         shipments=len(scored), late=len(late), warned=len(warned),
         precision=len(hits) / len(warned) if warned else 0.0,
         recall=len(hits) / len(late) if late else 0.0,
-        median_lead_hours=statistics.median(leads) if leads else None,
+        median_lead_hours=statistics.median(leads) if leads else None, leads_by_cause=by_cause,
         stalls=len(injected), stalls_caught=caught,
         false_stall_share=false / len(quiet) if quiet else 0.0,
         incident_parcels=sum(1 for t in scored if t.incident),
@@ -119,6 +142,9 @@ def score(truths: list[journeys.Truth], outcome: Outcome, horizon: datetime,
         cohort_notices=sum(len(times) for times in cohort_notices.values()),
         incident_stall_alerts=sum(1 for sid, times in stall_alerts.items() if sid in on_lane
                                   for at in times if window[0] <= at <= window[1]),
+        ring_orders=len(ring),
+        ring_alerts=sum(1 for a in risk_alerts if set(a.figures["orders"]) <= ring),
+        other_risk_alerts=sum(1 for a in risk_alerts if not set(a.figures["orders"]) <= ring),
     )
 
 

@@ -94,6 +94,19 @@ class Truth:
     stalls: list[list[str]] = field(default_factory=list)  # [silence from, to] injected
     lost: bool = False
     incident: bool = False
+    ring: bool = False  # one of many customers' orders to one doorstep
+    shipped_late: bool = False  # the shop handed it over after its promised ship date
+    failed_attempt: bool = False
+
+    @property
+    def cause(self) -> str:
+        """What made it late, the first that applies."""
+        for cause, applies in (("lost", self.lost), ("lane incident", self.incident),
+                               ("stall", bool(self.stalls)), ("late handover", self.shipped_late),
+                               ("failed attempt", self.failed_attempt)):
+            if applies:
+                return cause
+        return "slow journey"
 
     @property
     def late(self) -> bool:
@@ -142,6 +155,7 @@ def journey(rng: random.Random, lane: LaneModel, label_at: datetime, truth: Trut
                 repeat = _working(repeat + step * rng.uniform(0.7, 1.3), lane.days_off)
         at = leave
     if rng.random() < 0.06:  # a failed attempt, then out again the next day
+        truth.failed_attempt = True
         scans.append(("DELIVERY_FAILED", at, None))
         at = _working(at + timedelta(hours=rng.uniform(18, 26)), lane.days_off)
         scans.append(("OUT_FOR_DELIVERY", at, None))

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from worker.address_book import AddressBook
 from worker.agenda import Agenda
-from worker.domain import lanes, order
+from worker.domain import lanes, order, risk
 from worker.domain.envelope import Envelope
 from worker.domain.notification import Alert, Intent
 from worker.domain.rules import Rules
@@ -34,6 +35,7 @@ class Replay:
         self.states: dict[str, order.OrderState] = {}
         self.agenda = Agenda({}, "wake")
         self.book = LaneBook({}, rules.prediction)
+        self.addresses = AddressBook({}, rules.risk)
         self.outcome = Outcome()
 
     def run(self, records: Iterable[Any]) -> Outcome:
@@ -47,6 +49,10 @@ class Replay:
                 order_id = envelope.data["order_id"]
                 applied = order.apply(self.states.get(order_id), envelope, received_at=envelope.time)
                 self.states[order_id] = applied.state
+                if envelope.type in risk.TOLD_BY and not applied.duplicate:
+                    for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
+                        if alert := self.addresses.seen(0, sighting):
+                            self.outcome.alerts.append(alert)
                 self.agenda.add(0, envelope.time, order_id)
         return self.outcome
 

@@ -37,6 +37,7 @@ class Topics:
     intents: str = "notifications.intents"
     lanes: str = "lanes.observations"  # internal: delivered parcels' journeys, by lane
     lane_figures: str = "lanes.figures"  # compacted: each lane's latest figures
+    addresses: str = "risk.addresses"  # internal: shipments by destination fingerprint
     inbox: str = "notifications.inbox"  # the in-app inbox, by customer
     retry: str = "notifications.retry"  # internal: sends waiting for their next attempt
     attempts: str = "notifications.attempts"  # internal, compacted: a send begun, by id

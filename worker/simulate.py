@@ -32,6 +32,7 @@ SHOPS = [
     {"id": "london-tea", "name": "London Tea Co", "support_url": "https://london-tea.example/help",
      "currency": "GBP"},
 ]
+RING_ADDRESS = {"line1": "88 Harbour Street, unit 3", "postal_code": "20001"}
 RATE = {"CNY": Decimal(1), "TWD": Decimal("4.5"), "USD": Decimal("0.14"), "GBP": Decimal("0.11")}
 CUSTOMERS = {
     "CNY": (("张伟", "王芳", "李娜", "刘洋", "陈静"), "zh-CN", "Asia/Shanghai", "+86138"),
@@ -118,12 +119,14 @@ RAW = {  # a canonical milestone as each aggregator or carrier would report it
 def stories(settings: Settings, *, count: int, seed: int, start: datetime,
             days: float = 14, tick_minutes: float = 10, customers: int = 0,
             truths: list[journeys.Truth] | None = None,
-            incidents: tuple[journeys.Incident, ...] = ()) -> Iterator[Record]:
+            incidents: tuple[journeys.Incident, ...] = (),
+            ring: tuple[datetime, int] | None = None) -> Iterator[Record]:
     """Whole order lifecycles over ``days`` of event time, in arrival order, with
     ``clock.tick`` on every partition every ``tick_minutes``: the event-clock stream.
 
     Shipping on realistic lanes (:mod:`worker.journeys`), scans (canonical and carriers'
-    own codes, a few unknown), stalls, lost parcels, lane ``incidents``, failed attempts,
+    own codes, a few unknown), stalls, lost parcels, lane ``incidents``, a ``ring`` (from
+    when, how many orders: different customers ordering to one doorstep), failed attempts,
     exceptions, split parcels, late and duplicate scans, cancellations, returns, and
     preference updates (quiet hours, opt-ins and opt-outs, erasure). ``truths`` (a list)
     receives what really happened to each parcel.
@@ -139,9 +142,13 @@ def stories(settings: Settings, *, count: int, seed: int, start: datetime,
         sequence += 1
         arrivals.append((arrive, sequence, record))
 
+    ring_orders = range(int((ring[0] - start) / spacing), int((ring[0] - start) / spacing) + ring[1]) if ring else ()
     for n in range(count):
         placed = start + spacing * n + timedelta(seconds=rng.randint(0, 59))
-        for record in _story(settings, rng, n, placed, pool, seed, truths, incidents):
+        # A ring's orders come from customers of their own, all to one doorstep.
+        who = (pool + n) * len(SHOPS) if n in ring_orders else None  # one shop, new customers
+        for record in _story(settings, rng, n, placed, pool, seed, truths, incidents, who,
+                             RING_ADDRESS if n in ring_orders else None):
             add(record.time, record)
     # Preferences: some customers set quiet hours, opt in to marketing or out of email.
     for customer_no in rng.sample(range(pool), k=pool // 5):
@@ -176,9 +183,11 @@ def _customer(customer_no: int, rng_seed: int) -> dict[str, Any]:
 
 def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, pool: int,
            seed: int, truths: list[journeys.Truth] | None,
-           incidents: tuple[journeys.Incident, ...]) -> Iterator[Record]:
+           incidents: tuple[journeys.Incident, ...], customer: int | None = None,
+           doorstep: dict[str, str] | None = None) -> Iterator[Record]:
     orders_topic, tracking = settings.topics.orders, settings.topics.tracking
     customer_no = rng.randrange(pool)
+    customer_no = customer_no if customer is None else customer
     person = _customer(customer_no, seed)
     shop = SHOPS[customer_no % len(SHOPS)]
     currency = shop["currency"]
@@ -191,6 +200,7 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
     ship_by = placed + timedelta(hours=48)
     lanes = journeys.LANES[currency]
     lane = lanes[rng.randrange(len(lanes))]
+    lane = lanes[0] if doorstep else lane  # one doorstep: one lane
     # The shop promises a day to ship, the lane's usual time and a day's margin.
     promise = placed + timedelta(hours=48 + lane.typical_hours * 1.2)
 
@@ -232,9 +242,11 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
         yield order_event("order.shipped", label_at, {
             "shipment_id": sid, "carrier": carrier, "tracking_number": number,
             "shipped_at": label_at.isoformat(),
-            "origin": lane.origin, "destination": lane.destination,
+            "origin": lane.origin,
+            "destination": {**lane.destination, **(doorstep or _doorstep(customer_no))},
         }, f"s{p}")
-        truth = journeys.Truth(sid, order_id, lane.key, promise.isoformat())
+        truth = journeys.Truth(sid, order_id, lane.key, promise.isoformat(), ring=doorstep is not None,
+                               shipped_late=late)
         if truths is not None:
             truths.append(truth)
         for scan_no, (status, occurred, reason) in enumerate(
@@ -270,6 +282,11 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
                                     ("order.refunded", 110, "rf")):
             at = last_delivery + timedelta(hours=hours + rng.uniform(0, 5))
             yield order_event(step, at, {"at": at.isoformat()}, suffix)
+
+
+def _doorstep(customer_no: int) -> dict[str, str]:
+    return {"line1": f"{customer_no % 400 + 1} Garden Road, block {customer_no // 400 + 1}",
+            "postal_code": f"{(customer_no * 7919) % 90000 + 10000}"}
 
 
 def _preferences(settings: Settings, rng: random.Random, customer_no: int, at: datetime) -> Record:

@@ -27,10 +27,11 @@ import orjson
 from aiohttp import web
 
 from worker import codec, metrics
+from worker.address_book import AddressBook
 from worker.agenda import Agenda
 from worker.lane_book import LaneBook
 from worker.codec import BadInput
-from worker.domain import customer, lanes, order
+from worker.domain import customer, lanes, order, risk
 from worker.domain.clock import Clock
 from worker.domain.envelope import Envelope
 from worker.domain.notification import Intent
@@ -126,10 +127,13 @@ class Pipeline:
         self.lane_book = LaneBook(raw_table(app, "lane_days", n), self.rules.prediction)
         # Every worker follows every lane's figures: the order stage of any partition asks.
         self.lane_figures: dict[str, dict[str, Any]] = {}
+        self.address_inputs = raw_topic(app, t.addresses)
+        self.address_book = AddressBook(raw_table(app, "addresses", n), self.rules.risk)
 
         app.agent(self.order_inputs, name="order_stage")(self._order_stage)
         app.agent(self.customer_inputs, name="customer_stage")(self._customer_stage)
         app.agent(self.lane_inputs, name="lane_stage")(self._lane_stage)
+        app.agent(self.address_inputs, name="address_stage")(self._address_stage)
         app.task(self._follow_lane_figures)
         app.timer(settings.tick_seconds, on_leader=True)(self._publish_wall_tick)
         app.page("/metrics")(self._metrics)
@@ -149,6 +153,10 @@ class Pipeline:
     async def _lane_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             await self._guarded(event, self._on_lesson)
+
+    async def _address_stage(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await self._guarded(event, self._on_sighting)
 
     async def _guarded(self, event: faust.EventT, handle: Any) -> None:
         message = event.message
@@ -199,6 +207,10 @@ class Pipeline:
             log.info("unknown carrier status %s kept", applied.unknown_status,
                      extra={"order_id": order_id})
         self.orders[order_id.encode()] = orjson.dumps(applied.state.to_dict())
+        if envelope.type in risk.TOLD_BY:
+            for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
+                await self._send(self.address_inputs, sighting.address, "address.seen",
+                                 f"seen-{sighting.order_id}-{sighting.address}", order_id, plain(sighting))
         # Decisions wait for the partition's next tick, so checkpoints that arrive together
         # in any order (an aggregator's backfill) are judged together.
         # At the event's own time: the partition's clock may already be far ahead of it.
@@ -372,6 +384,17 @@ class Pipeline:
                     self.lane_figures[record.key.decode()] = orjson.loads(record.value)
         finally:
             await consumer.stop()
+
+    # -- addresses ------------------------------------------------------------------------
+
+    async def _on_sighting(self, event: faust.EventT) -> None:
+        """A parcel to a doorstep: too many customers there of late raise one alert."""
+        m = event.message
+        metrics.events_consumed.labels(m.topic, "address.seen").inc()
+        sighting = risk.Sighting(**orjson.loads(m.value))
+        if alert := self.address_book.seen(m.partition, sighting):
+            metrics.alerts_raised.labels(alert.type).inc()
+            await self._send(self.alerts, alert.key, alert.type, alert.alert_id, alert.key, alert.data())
 
     # -- customer stage -------------------------------------------------------------------
 

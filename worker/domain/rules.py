@@ -9,6 +9,8 @@ from datetime import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from worker.domain.risk import Risk
+
 PRIORITIES = ("urgent", "transactional", "marketing")
 CHANNELS = ("email", "sms", "push", "wechat", "webhook", "in_app")
 
@@ -107,6 +109,7 @@ class Rules:
     segments: Mapping[str, Segment] = field(default_factory=dict)
     high_value: HighValue = HighValue()
     prediction: Prediction = Prediction()
+    risk: Risk = Risk()
 
     def kind(self, kind: str, segment: str | None = None) -> KindRule | None:
         """The kind's rule when it is on for a customer of ``segment``, else None."""
@@ -141,7 +144,7 @@ def parse(raw: Mapping[str, Any]) -> Rules:
     _check_kinds("high_value.kinds", high_value.kinds, kinds)
     return Rules(channel_order, str(defaults.get("fallback_locale", "en")), kinds,
                  _policy(raw.get("policy", {})), segments, high_value,
-                 _prediction(raw.get("prediction", {})))
+                 _prediction(raw.get("prediction", {})), _risk(raw.get("risk", {})))
 
 
 def _kind(kind: str, table: Mapping[str, Any], channel_order: tuple[str, ...]) -> KindRule:
@@ -194,6 +197,13 @@ def _prediction(table: Mapping[str, Any]) -> Prediction:
                           non_working_days=days)
     except TypeError as error:
         raise RulesError(f"prediction: {error}") from None
+
+
+def _risk(table: Mapping[str, Any]) -> Risk:
+    try:
+        return Risk(**table)
+    except TypeError as error:
+        raise RulesError(f"risk: {error}") from None
 
 
 def _decimal(where: str, value: Any) -> Decimal:
