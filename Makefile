@@ -6,20 +6,21 @@ PYTHON     ?= python3
 VENV       := .venv
 BIN        := $(VENV)/bin
 KAFKA_LIBS := .cache/kafka-libs
+COMPOSE_SPEC := .cache/compose-spec.json
 STAMP      := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test test-unit test-integration test-policy bench install broker-jars clean
+.PHONY: run test test-unit test-integration test-policy bench install broker-jars tools clean
 
 run: install broker-jars
 	$(BIN)/notifier dev
 
-test: install broker-jars
+test: install broker-jars tools
 	$(BIN)/pytest
 
-test-unit: install
+test-unit: install tools
 	$(BIN)/pytest tests/unit
 
-test-integration: install broker-jars
+test-integration: install broker-jars tools
 	$(BIN)/pytest tests/integration
 
 test-policy: install broker-jars
@@ -52,6 +53,20 @@ broker-jars:
 	mvn --quiet --batch-mode -f deploy/kafka/pom.xml dependency:copy-dependencies \
 	    -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIBS)) && \
 	touch $(KAFKA_LIBS)/.complete
+
+# What the tests check the deployment files with: promtool (Debian's prometheus package)
+# for the metrics and alert rules, and the Compose Specification's JSON schema as Docker
+# published it in docker-compose 1.29.2 on PyPI.
+tools: $(COMPOSE_SPEC)
+	@command -v promtool >/dev/null || { \
+	  echo "Installing Debian's prometheus package for promtool..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+$(COMPOSE_SPEC): | install
+	@mkdir -p .cache/pip
+	$(BIN)/pip download --quiet --no-deps --dest .cache/pip docker-compose==1.29.2
+	$(BIN)/python -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('compose/config/compose_spec.json'))" \
+	  .cache/pip/docker_compose-1.29.2-py2.py3-none-any.whl $@
 
 clean:
 	rm -rf $(VENV) .cache var .pytest_cache

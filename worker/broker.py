@@ -119,7 +119,9 @@ class EmbeddedBroker:
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+                # "=": an id may start with "-", which would read as an option.
+                [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                 "-c", str(properties)],
                 capture_output=True, text=True,
             )
             if formatted.returncode != 0:

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from worker import journeys, simulate
 from worker.figures import write_block
@@ -31,6 +32,7 @@ class Scores:
     recall: float
     median_lead_hours: float | None
     leads_by_cause: dict[str, tuple[int, int, float | None]]  # cause -> late, warned, median lead
+    leads_by_eta: dict[str, tuple[int, int, float | None]]  # carriers with or without ETAs
     stalls: int
     stalls_caught: int
     false_stall_share: float
@@ -57,6 +59,10 @@ class Scores:
                 f"{cause} {late} late, {warned} warned, median "
                 + ("n/a" if lead is None else f"{lead:.1f} h") + " before"
                 for cause, (late, warned, lead) in self.leads_by_cause.items()),
+            "warning by carrier: " + "; ".join(
+                f"{group} {late} late, {warned} warned, median "
+                + ("n/a" if lead is None else f"{lead:.1f} h") + " before"
+                for group, (late, warned, lead) in self.leads_by_eta.items()),
             f"stalls: {self.stalls_caught} of {self.stalls} injected caught "
             f"({self.stall_catch_rate:.1%}); false stalls on {self.false_stall_share:.2%} of "
             f"parcels without one",
@@ -109,11 +115,18 @@ def score(truths: list[journeys.Truth], outcome: Outcome, horizon: datetime,
                 - datetime.fromisoformat(first_warning[t.shipment_id])).total_seconds() / 3600
 
     leads = [lead(t) for t in hits]
-    by_cause: dict[str, tuple[int, int, float | None]] = {}
-    for cause in sorted({t.cause for t in late}):
-        of_cause = [lead(t) for t in hits if t.cause == cause]
-        by_cause[cause] = (sum(1 for t in late if t.cause == cause), len(of_cause),
-                           statistics.median(of_cause) if of_cause else None)
+
+    def leads_by(group: Any) -> dict[str, tuple[int, int, float | None]]:
+        found = {}
+        for name in sorted({group(t) for t in late}):
+            of_group = [lead(t) for t in hits if group(t) == name]
+            found[name] = (sum(1 for t in late if group(t) == name), len(of_group),
+                           statistics.median(of_group) if of_group else None)
+        return found
+
+    def eta(t: journeys.Truth) -> str:
+        gives = t.lane.split("|")[0] in journeys.GIVE_ETA
+        return "with the carrier's ETA" if gives else "without"
 
     injected = [(t, s) for t in scored for s in t.stalls]
     # Caught: its own stall alert, or (in a lane incident) the lane's cohort delay notice.
@@ -133,7 +146,8 @@ def score(truths: list[journeys.Truth], outcome: Outcome, horizon: datetime,
         shipments=len(scored), late=len(late), warned=len(warned),
         precision=len(hits) / len(warned) if warned else 0.0,
         recall=len(hits) / len(late) if late else 0.0,
-        median_lead_hours=statistics.median(leads) if leads else None, leads_by_cause=by_cause,
+        median_lead_hours=statistics.median(leads) if leads else None,
+        leads_by_cause=leads_by(lambda t: t.cause), leads_by_eta=leads_by(eta),
         stalls=len(injected), stalls_caught=caught,
         false_stall_share=false / len(quiet) if quiet else 0.0,
         incident_parcels=sum(1 for t in scored if t.incident),

@@ -13,7 +13,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-Scan = tuple[str, datetime, str | None]  # milestone (or UNKNOWN), occurred_at, reason
+# milestone (or UNKNOWN), occurred_at, reason, the carrier's estimated delivery then (or None)
+Scan = tuple[str, datetime, str | None, datetime | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class LaneModel:
     destination: dict[str, str]
     legs: tuple[Leg, ...]
     days_off: tuple[int, ...] = ()  # weekdays without scans (Monday = 0)
+    gives_eta: bool = False  # the carrier's scans carry its estimated delivery
 
     @property
     def key(self) -> str:
@@ -42,9 +44,15 @@ class LaneModel:
         return sum(leg.median_hours for leg in self.legs)
 
 
+# Carriers whose tracking gives an estimated delivery date that they move when a parcel
+# misses a connection (as UPS, DHL, SF Express and JD do; ZTO and Chunghwa Post do not).
+GIVE_ETA = ("ups", "dhl", "sf-express", "jd")
+
+
 def _lane(carrier: str, origin: str, destination: str, *legs: Leg, days_off: tuple[int, ...] = ()) -> LaneModel:
     (oc, orr), (dc, dr) = origin.split("-"), destination.split("-")
-    return LaneModel(carrier, {"country": oc, "region": orr}, {"country": dc, "region": dr}, legs, days_off)
+    return LaneModel(carrier, {"country": oc, "region": orr}, {"country": dc, "region": dr}, legs,
+                     days_off, carrier in GIVE_ETA)
 
 
 LANES: dict[str, tuple[LaneModel, ...]] = {
@@ -120,18 +128,23 @@ def journey(rng: random.Random, lane: LaneModel, label_at: datetime, truth: Trut
             lost_rate: float = 0.005) -> list[Scan]:
     """One parcel's checkpoints in physical order, from the label on."""
     scans: list[Scan] = []
+    # Its own generator: the carrier's estimates leave every other draw as it was.
+    estimates = random.Random(f"{truth.shipment_id}:eta")
     at = label_at
     stall_leg = rng.randrange(1, len(lane.legs)) if rng.random() < stall_rate else -1
     lost_leg = rng.randrange(1, len(lane.legs)) if rng.random() < lost_rate else -1
     for index, leg in enumerate(lane.legs):
         at = _working(at, lane.days_off)
+        leg_scans = len(scans)
         if leg.milestone == "ARRIVED_AT_DESTINATION" and rng.random() < 0.02:
-            scans.append(("EXCEPTION", at, rng.choice(["weather", "address", "damaged"])))
+            scans.append(("EXCEPTION", at, rng.choice(["weather", "address", "damaged"]), None))
             at = _advance(at, timedelta(hours=rng.uniform(6, 20)), lane.days_off)
-        scans.append((leg.milestone, at, None))
+        scans.append((leg.milestone, at, None, None))
         if leg.milestone == "IN_TRANSIT" and rng.random() < 0.01:
-            scans.append(("UNKNOWN", _working(at + timedelta(minutes=30), lane.days_off), None))
+            scans.append(("UNKNOWN", _working(at + timedelta(minutes=30), lane.days_off), None, None))
         stay = timedelta(hours=leg.median_hours * rng.lognormvariate(0, leg.spread))
+        eta = _carrier_estimate(estimates, lane, index, at, stay)
+        scans[leg_scans:] = [(m, t, r, eta) for m, t, r, _ in scans[leg_scans:]]
         if index == lost_leg:
             truth.lost = True
             truth.stalls.append([_stamp(at), ""])
@@ -151,18 +164,32 @@ def journey(rng: random.Random, lane: LaneModel, label_at: datetime, truth: Trut
             step = timedelta(hours=leg.scan_every_hours)
             repeat = _working(at + step * rng.uniform(0.7, 1.3), lane.days_off)
             while repeat < leave:
-                scans.append((leg.milestone, repeat, None))
+                scans.append((leg.milestone, repeat, None, eta))
                 repeat = _working(repeat + step * rng.uniform(0.7, 1.3), lane.days_off)
         at = leave
     if rng.random() < 0.06:  # a failed attempt, then out again the next day
         truth.failed_attempt = True
-        scans.append(("DELIVERY_FAILED", at, None))
+        failed_at = at
         at = _working(at + timedelta(hours=rng.uniform(18, 26)), lane.days_off)
-        scans.append(("OUT_FOR_DELIVERY", at, None))
-        at = _advance(at, timedelta(hours=rng.uniform(0.5, 3)), lane.days_off)
-    scans.append(("DELIVERED", at, None))
+        again = _advance(at, timedelta(hours=rng.uniform(0.5, 3)), lane.days_off)
+        scans.append(("DELIVERY_FAILED", failed_at, None, again if lane.gives_eta else None))
+        scans.append(("OUT_FOR_DELIVERY", at, None, again if lane.gives_eta else None))
+        at = again
+    scans.append(("DELIVERED", at, None, None))
     truth.delivered_at = _stamp(at)
     return scans
+
+
+def _carrier_estimate(rng: random.Random, lane: LaneModel, index: int, at: datetime,
+                      stay: timedelta) -> datetime | None:
+    """What the carrier tells of the delivery while the parcel is in leg ``index``: the end of
+    this leg as its network plans it (well, not exactly), then the usual time of every leg
+    after. It knows a missed connection; it cannot know a stall or a failed attempt ahead."""
+    if not lane.gives_eta:
+        return None
+    planned = _advance(at, stay * rng.lognormvariate(0, 0.1), lane.days_off)
+    ahead = sum(leg.median_hours for leg in lane.legs[index + 1:])
+    return _advance(planned, timedelta(hours=ahead), lane.days_off)
 
 
 def _advance(at: datetime, duration: timedelta, days_off: tuple[int, ...]) -> datetime:

@@ -66,9 +66,6 @@ event_to_send_seconds = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
-
-def exposition() -> bytes:
-    return generate_latest(registry)
 held = Counter(
     "notifier_notifications_held_total",
     "Notifications held for quiet hours or the gap between updates of one order", ["kind"],
@@ -90,3 +87,23 @@ circuit_open = Gauge(
     "notifier_circuit_open", "1 while a provider's circuit breaker is open or half-open",
     ["provider"], registry=registry,
 )
+stalled_shipments = Counter(
+    "notifier_stalled_shipments_total", "Parcels found stalled (silent past their lane's threshold)",
+    ["carrier"], registry=registry,
+)
+agent_errors = Counter(
+    "notifier_agent_errors_total", "Unexpected errors while processing an input (it goes to the DLQ)",
+    ["stage"], registry=registry,
+)
+ready = Gauge(
+    "notifier_ready", "1 while this worker has partitions and is neither rebalancing nor recovering",
+    registry=registry,
+)
+table_recovery_seconds = Histogram(
+    "notifier_table_recovery_seconds", "Time a worker spent recovering its tables after a rebalance",
+    registry=registry, buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+
+
+def exposition() -> bytes:
+    return generate_latest(registry)

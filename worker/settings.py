@@ -53,6 +53,8 @@ class Settings:
     clock: str = "wall"
     rules: Path = PROJECT_ROOT / "worker" / "rules.toml"
     partitions: int = 4
+    replication_factor: int = 1  # of the topics created at start and the tables' changelogs
+    standby_replicas: int = 1  # workers that keep a warm copy of each table partition
     store: str = "memory://"
     data_dir: Path = Path("var")
     log_level: str = "info"
@@ -217,8 +219,9 @@ def _check(s: Settings) -> None:
             )
     if not s.webhook_secret.startswith("whsec_"):
         raise SettingsError(f"{PREFIX}WEBHOOK_SECRET: expected a Standard Webhooks secret (whsec_…)")
-    if s.partitions < 1:
-        raise SettingsError(f"{PREFIX}PARTITIONS={s.partitions}: expected 1 or more")
+    for key, least in (("partitions", 1), ("replication_factor", 1), ("standby_replicas", 0)):
+        if getattr(s, key) < least:
+            raise SettingsError(f"{PREFIX}{key.upper()}={getattr(s, key)}: expected {least} or more")
     if not s.apns_key_file.is_file():
         raise SettingsError(f"{PREFIX}APNS_KEY_FILE={str(s.apns_key_file)!r}: no such file "
                             "(the APNs signing key, .p8)")

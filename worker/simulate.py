@@ -249,7 +249,7 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
                                shipped_late=late)
         if truths is not None:
             truths.append(truth)
-        for scan_no, (status, occurred, reason) in enumerate(
+        for scan_no, (status, occurred, reason, eta) in enumerate(
                 journeys.journey(rng, lane, label_at, truth, incidents)):
             checkpoint: dict[str, Any] = {"occurred_at": occurred.isoformat()}
             if status in RAW and rng.random() < 0.3:
@@ -263,10 +263,12 @@ def _story(settings: Settings, rng: random.Random, n: int, placed: datetime, poo
             arrive = occurred + timedelta(minutes=rng.uniform(0, 20))
             if rng.random() < 0.05:  # reported late, after later scans
                 arrive += timedelta(hours=rng.uniform(2, 12))
+            update = {"order_id": order_id, "shipment_id": sid, "carrier": carrier,
+                      "tracking_number": number, "checkpoint": checkpoint}
+            if eta:
+                update["estimated_delivery"] = eta.isoformat()
             record = Record(tracking, order_id, "tracking.updated", f"trk-{sid}-{scan_no}",
-                            "urn:tracking:aggregator", arrive, {
-                                "order_id": order_id, "shipment_id": sid, "carrier": carrier,
-                                "tracking_number": number, "checkpoint": checkpoint})
+                            "urn:tracking:aggregator", arrive, update)
             yield record
             if rng.random() < 0.05:  # delivered twice by the aggregator
                 yield dataclasses.replace(record, time=arrive + timedelta(minutes=3))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import tomllib
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from faust.types import TP
 import orjson
 from aiohttp import web
 
-from worker import codec, metrics
+from worker import codec, faust_fixes, metrics
 from worker.address_book import AddressBook
 from worker.agenda import Agenda
 from worker.lane_book import LaneBook
@@ -75,12 +76,14 @@ def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
 
 
 def build_app(settings: Settings) -> faust.App:
+    faust_fixes.apply()
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{s}" for s in settings.kafka_servers],
         store=settings.store,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
         web_port=settings.web_port,
         web_bind="0.0.0.0",
         datadir=str(settings.data_dir / "worker"),
@@ -139,32 +142,35 @@ class Pipeline:
         app.page("/metrics")(self._metrics)
         app.page("/healthz")(self._healthz)
         app.page("/readyz")(self._readyz)
+        app.timer(1.0)(self._watch_readiness)
+        self.recovering_since: float | None = None
 
     # -- agents ---------------------------------------------------------------------------
 
     async def _order_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await self._guarded(event, self._on_order_input)
+            await self._guarded(event, self._on_order_input, "order")
 
     async def _customer_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await self._guarded(event, self._on_customer_input)
+            await self._guarded(event, self._on_customer_input, "customer")
 
     async def _lane_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await self._guarded(event, self._on_lesson)
+            await self._guarded(event, self._on_lesson, "lane")
 
     async def _address_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await self._guarded(event, self._on_sighting)
+            await self._guarded(event, self._on_sighting, "address")
 
-    async def _guarded(self, event: faust.EventT, handle: Any) -> None:
+    async def _guarded(self, event: faust.EventT, handle: Any, stage: str) -> None:
         message = event.message
         try:
             await handle(event)
         except BadInput as error:
             await self._dead_letter(event, error)
         except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
+            metrics.agent_errors.labels(stage).inc()
             log.exception("unexpected error on %s[%s]@%s", message.topic, message.partition,
                           message.offset)
             await self._dead_letter(event, BadInput("processing_error", f"{type(exc).__name__}: {exc}"))
@@ -290,6 +296,9 @@ class Pipeline:
             acks.append(await self._publish(self.alerts, alert.key, alert.type, alert.alert_id,
                                             alert.order_id or alert.key, alert.data()))
         for lesson in decisions.lessons:
+            if lesson.stalled_at:
+                carrier = lesson.lanes[0].split("|")[0]
+                metrics.stalled_shipments.labels(carrier if carrier in KNOWN_SOURCES else "other").inc()
             for lane in lesson.lanes:
                 acks.append(await self._publish(
                     self.lane_inputs, lane, "lane.observed", f"lane-{lesson.parcel}-{lane}",
@@ -583,13 +592,29 @@ class Pipeline:
     async def _healthz(self, request: Any) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def _readyz(self, request: Any) -> web.Response:
+    def _readiness(self) -> dict[str, Any]:
         app = self.app
-        assigned = bool(app.consumer.assignment()) if app.consumer else False
-        ready = assigned and not app.rebalancing and not app.in_recovery
-        body = {"ready": ready, "partitions_assigned": assigned,
+        assigned = app.consumer.assignment() if app.consumer else set()
+        partitions: dict[str, list[int]] = {}
+        for tp in assigned:
+            partitions.setdefault(tp.topic, []).append(tp.partition)
+        ready = bool(assigned) and not app.rebalancing and not app.in_recovery
+        return {"ready": ready, "partitions": {t: sorted(ps) for t, ps in sorted(partitions.items())},
                 "rebalancing": bool(app.rebalancing), "recovering": bool(app.in_recovery)}
-        return web.json_response(body, status=200 if ready else 503)
+
+    async def _readyz(self, request: Any) -> web.Response:
+        body = self._readiness()
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    async def _watch_readiness(self) -> None:
+        """Readiness and table recovery time as metrics, for the alerts and the dashboard."""
+        state = self._readiness()
+        metrics.ready.set(1 if state["ready"] else 0)
+        if state["recovering"] and self.recovering_since is None:
+            self.recovering_since = time.monotonic()
+        elif not state["recovering"] and self.recovering_since is not None:
+            metrics.table_recovery_seconds.observe(time.monotonic() - self.recovering_since)
+            self.recovering_since = None
 
 
 def _event_time(envelope: Envelope) -> datetime | None:

@@ -70,7 +70,7 @@ async def ensure(settings: Settings) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name, settings.partitions, 1, topic_configs=configs)
+            NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
             for name, configs in specs(settings).items()
             if name not in existing
         ]

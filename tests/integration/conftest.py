@@ -59,12 +59,14 @@ class Stack:
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, command: str, **env: str) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{command}.log").open("ab")
+    def start(self, command: str, name: str = "", **env: str) -> subprocess.Popen[bytes]:
+        """Start ``notifier <command>``; ``name`` tells a second process of one command apart."""
+        name = name or command
+        log = (self.workdir / f"{name}.log").open("ab")
         process = subprocess.Popen([sys.executable, "-m", "worker", command],
                                    env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
                                    cwd=self.workdir)
-        self.processes[command] = process
+        self.processes[name] = process
         return process
 
     def log(self, command: str) -> str:
@@ -128,3 +130,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.5):
             return value
         time.sleep(interval)
     return predicate()
+
+
+def promtool_check_metrics(port: int) -> str:
+    """What ``promtool check metrics`` finds wrong in a live scrape ('' when nothing)."""
+    import shutil
+    import urllib.request
+
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool is missing: `make tools` installs Debian's prometheus package")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    assert b"notifier_build_info" in body
+    checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+    return (checked.stdout + checked.stderr).decode() + ("" if checked.returncode == 0 else " (failed)")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import promtool_check_metrics, wait_for
 from tests.integration.kafka_io import produce, read_all
 from tests.integration.test_first_slice import RULES_FILE
 from worker import codec, settings as settings_module, simulate
@@ -77,3 +77,6 @@ def test_opt_outs_erasure_and_a_bounced_email_falling_back(stack, tmp_path):
     others = set(customer) - {bounced, opted_out, erased}
     emails = {e["request"]["notification_id"] for e in stack.outbox_entries()}
     assert emails == {notification_id(o, "order_confirmed") for o in others}
+    # Both scrapes, after real traffic, pass Prometheus' own linter.
+    assert promtool_check_metrics(stack.web_port) == ""
+    assert promtool_check_metrics(int(stack.env["NOTIFIER_SENDERS_WEB_PORT"])) == ""

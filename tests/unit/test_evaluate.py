@@ -17,8 +17,10 @@ def test_a_journey_rests_on_the_carriers_days_off_and_records_injected_stalls():
     for n in range(200):
         truth = journeys.Truth(f"S{n}", f"O{n}", ups.key, START.isoformat())
         scans = journeys.journey(rng, ups, START + timedelta(hours=n), truth, stall_rate=0.2)
-        assert all(at.weekday() not in (5, 6) for _, at, _ in scans)
-        assert [s for s, _, _ in scans][-1] == "DELIVERED" or truth.lost
+        assert all(at.weekday() not in (5, 6) for _, at, _, _ in scans)
+        assert [s for s, *_ in scans][-1] == "DELIVERED" or truth.lost
+        # UPS tells its estimate on every scan but the last, never on a day off.
+        assert all(eta and eta.weekday() not in (5, 6) for status, _, _, eta in scans[:-1])
         for since, until in truth.stalls:
             assert until == "" or until > since
 

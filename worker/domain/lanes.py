@@ -197,8 +197,9 @@ def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Predi
             carrier_eta: str | None = None, quantile: float = 0.5,
             days_off: Sequence[int] = ()) -> str | None:
     """When the parcel will be delivered: the time it reached ``milestone`` plus the lane's
-    ``quantile`` of the time left from there (the median by default); a later carrier
-    estimate wins (the carrier may know of a delay). None when neither can say."""
+    ``quantile`` of the time left from there (the median by default); the carrier's latest
+    estimate wins when later (the carrier knows of a missed connection), less a margin for an
+    optimistic quantile. None when neither can say."""
     predicted = None
     for lane in lanes:
         left = lane.get("remaining", {}).get(milestone, {})
@@ -206,8 +207,12 @@ def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Predi
             seconds = histogram.quantile(left, quantile) or 0.0
             predicted = add_working(reached, seconds, days_off)
             break
-    if carrier_eta and (predicted is None or stamp(datetime.fromisoformat(carrier_eta)) > predicted):
-        predicted = stamp(datetime.fromisoformat(carrier_eta))
+    if carrier_eta:
+        told = datetime.fromisoformat(carrier_eta)
+        if quantile < 0.5:  # a carrier's date is its best guess, not a sure one
+            told -= timedelta(hours=rules.carrier_eta_margin_hours)
+        if predicted is None or stamp(told) > predicted:
+            predicted = stamp(told)
     return predicted
 
 

@@ -127,8 +127,10 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -
         trigger = f"{kind}:{data['shipment_id']}"
         reading = canonical(data["checkpoint"])
         parcel = _parcel(state, data)
-        parcel.record(stamp(data["checkpoint"]["occurred_at"]), reading)
-        parcel.carrier_eta = data.get("estimated_delivery") or parcel.carrier_eta
+        occurred = stamp(data["checkpoint"]["occurred_at"])
+        parcel.record(occurred, reading)
+        if data.get("estimated_delivery") and (parcel.eta_at is None or occurred >= parcel.eta_at):
+            parcel.carrier_eta, parcel.eta_at = stamp(data["estimated_delivery"]), occurred
         state.shipments[parcel.shipment_id] = parcel.to_dict()
         if not reading.known:
             state.unknown_statuses += 1

@@ -27,6 +27,7 @@ class Shipment:
     origin: dict[str, Any] = field(default_factory=dict)
     destination: dict[str, Any] = field(default_factory=dict)
     carrier_eta: str | None = None  # the carrier's latest estimate
+    eta_at: str | None = None  # the checkpoint that told it: an older one told late does not win
     first_eta: str | None = None  # its first: the promise when the order made none
     # [occurred_at (UTC, seconds), milestone or None when unknown, reason or raw code]
     checkpoints: list[list[Any]] = field(default_factory=list)

@@ -55,11 +55,11 @@ def watch_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules,
     if not scans or p.milestone not in MOVING:
         return
     reached = p.times(p.milestone)[0]
-    expected = predict(p.milestone, reached, lanes, pred, p.first_eta, days_off=days_off)
+    expected = predict(p.milestone, reached, lanes, pred, p.carrier_eta, days_off=days_off)
     if expected is None:
         return
     if promise and "delay_notice" in on:
-        sure = predict(p.milestone, reached, lanes, pred, p.first_eta, pred.delay_confidence, days_off)
+        sure = predict(p.milestone, reached, lanes, pred, p.carrier_eta, pred.delay_confidence, days_off)
         notice = _delay_notice(state, p, stamp(promise), reached, expected, sure or expected, rules)
         if notice is None and stall:
             # A stall: the lane's past stalls in this leg say how long it will last.

@@ -1,0 +1,102 @@
+"""Two workers share the partitions; one stops mid-run and the other takes its partitions
+over (tables recovered from their changelogs): every notification still goes out once.
+The one that stays keeps its tables in RocksDB, the other in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from tests.integration.conftest import wait_for
+from tests.integration.test_first_slice import RULES_FILE
+from worker import settings as settings_module, simulate
+from worker.broker import free_port
+from worker.domain.notification import notification_id
+
+pytestmark = pytest.mark.integration
+# Not yet true: worker/faust_fixes.py stopped three ways faust-streaming lost events at a
+# rebalance, and most runs now pass, but some still lose a few confirmations (an intent
+# decided just before the stop and never read by the customer stage; an order's last
+# events never decided). Kept running so that the day it passes shows.
+LOSES_AT_REBALANCE = pytest.mark.xfail(strict=False, reason="faust-streaming can still lose "
+                                       "events at a rebalance (docs/reliability.md)")
+
+ORDERS = 600
+
+
+def readiness(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+            return orjson.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return orjson.loads(refused.read())
+    except OSError:
+        return {"ready": False, "partitions": {}}
+
+
+@LOSES_AT_REBALANCE
+def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_or_repeated(stack, tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES_FILE.read_text().replace(
+        'quiet_hours = { start = "22:00", end = "08:00" }',
+        'quiet_hours = { start = "00:00", end = "00:00" }'))
+    stack.env["NOTIFIER_RULES"] = str(rules)
+    settings = settings_module.load(stack.env)
+    orders_topic = settings.topics.orders
+    second_port = free_port()
+    stack.start("sinks")
+    stack.start("worker", NOTIFIER_STORE="rocksdb://")
+    stack.start("worker", name="worker-b", NOTIFIER_WEB_PORT=str(second_port),
+                NOTIFIER_DATA_DIR=str(tmp_path / "data-b"))
+    stack.start("senders")
+    stack.wait_ready()
+
+    def shares() -> tuple[set[int], set[int]]:
+        first, second = readiness(stack.web_port), readiness(second_port)
+        return (set(first["partitions"].get(orders_topic, [])) if first["ready"] else set(),
+                set(second["partitions"].get(orders_topic, [])) if second["ready"] else set())
+
+    # Both ready, the order partitions split between them.
+    assert wait_for(lambda: all(shares()) and set.union(*shares()) == set(range(settings.partitions)),
+                    timeout=90), (readiness(stack.web_port), readiness(second_port))
+    first_share, second_share = shares()
+    assert not first_share & second_share
+
+    records = list(simulate.orders(settings, count=ORDERS, seed=7,
+                                   start=datetime.now(UTC) - timedelta(minutes=6),
+                                   spacing=timedelta(0)))
+    half = len(records) // 2
+    asyncio.run(simulate.produce(settings, iter(records[:half]), progress=False))
+    # The second worker stops while the rest of the stream is being written.
+    stopping = threading.Timer(1.0, stack.processes["worker-b"].terminate)
+    stopping.start()
+    asyncio.run(simulate.produce(settings, iter(records[half:]), rate=400, progress=False))
+    stopping.join()
+    assert stack.processes["worker-b"].wait(30) is not None
+
+    # /readyz of the one left shows every partition of the order topic as its own.
+    assert wait_for(lambda: shares()[0] == set(range(settings.partitions)), timeout=90), \
+        readiness(stack.web_port)
+
+    expected = {notification_id(r.key, "order_confirmed") for r in records if r.event_type == "order.created"}
+
+    def delivered() -> Counter:
+        return Counter(e["request"]["notification_id"] for e in stack.outbox_entries()
+                       if e["request"].get("notification_id") in expected)
+
+    assert wait_for(lambda: set(delivered()) == expected, timeout=60), \
+        f"{len(delivered())} of {len(expected)} delivered"
+    stack.processes["senders"].terminate()  # nothing more may come
+    stack.processes["senders"].wait(30)
+    counts = delivered()
+    assert len(counts) == ORDERS and max(counts.values()) == 1, counts.most_common(3)
+    # The first worker's tables are RocksDB databases on disk, the taken-over partitions too.
+    tables = {p.parent.name for p in (stack.workdir / "data").rglob("CURRENT")}
+    assert any(t.startswith("orders-") for t in tables), tables
+    assert not list((tmp_path / "data-b").rglob("CURRENT"))
