@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from worker.broker import EmbeddedBroker, free_port, port_open
 from worker.settings import PROJECT_ROOT
+from worker.sinks import read_outbox
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,15 @@ class Stack:
         self.processes[name] = process
         return process
 
+    def without_quiet_hours(self) -> None:
+        """The default rules with no quiet hours: under the wall clock, customers whose night
+        it is now would rightly wait for morning."""
+        rules = self.workdir / "rules.toml"
+        rules.write_text((PROJECT_ROOT / "worker" / "rules.toml").read_text().replace(
+            'quiet_hours = { start = "22:00", end = "08:00" }',
+            'quiet_hours = { start = "00:00", end = "00:00" }'))
+        self.env["NOTIFIER_RULES"] = str(rules)
+
     def log(self, command: str) -> str:
         return (self.workdir / f"{command}.log").read_text(errors="replace")
 
@@ -99,9 +108,7 @@ class Stack:
             f"--- {n}\n{self.log(n)[-2000:]}" for n in self.processes))
 
     def outbox_entries(self) -> list[dict]:
-        if not self.outbox.exists():
-            return []
-        return [orjson.loads(line) for line in self.outbox.read_bytes().splitlines() if line]
+        return read_outbox(self.outbox)
 
     def stop(self) -> None:
         for process in self.processes.values():

@@ -11,7 +11,6 @@ import pytest
 
 from tests.integration.conftest import promtool_check_metrics, wait_for
 from tests.integration.kafka_io import produce, read_all
-from tests.integration.test_first_slice import RULES_FILE
 from worker import codec, settings as settings_module, simulate
 from worker.domain.notification import notification_id
 
@@ -30,12 +29,8 @@ def preferences(customer_id: str, **update) -> tuple:
     return customer_id.encode(), value, headers
 
 
-def test_opt_outs_erasure_and_a_bounced_email_falling_back(stack, tmp_path):
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES_FILE.read_text().replace(
-        'quiet_hours = { start = "22:00", end = "08:00" }',
-        'quiet_hours = { start = "00:00", end = "00:00" }'))
-    stack.env["NOTIFIER_RULES"] = str(rules)
+def test_opt_outs_erasure_and_a_bounced_email_falling_back(stack):
+    stack.without_quiet_hours()
     settings = settings_module.load(stack.env)
     for command in ("sinks", "worker", "senders"):
         stack.start(command)

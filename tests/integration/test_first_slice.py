@@ -14,12 +14,10 @@ import orjson
 import pytest
 
 from tests.integration.conftest import wait_for
-from worker.settings import PROJECT_ROOT
 from tests.integration.kafka_io import produce, read_all
 from worker import settings as settings_module, simulate
 from worker.domain.notification import notification_id
 
-RULES_FILE = PROJECT_ROOT / "worker" / "rules.toml"
 pytestmark = pytest.mark.integration
 
 ORDERS = 1000
@@ -42,13 +40,8 @@ def bad_inputs(topic: str, good: simulate.Record) -> list[tuple]:
     return [(topic, k, v, h) for k, v, h in kinds.values() for _ in range(4)], kinds
 
 
-def test_orders_become_exactly_one_confirmation_each(stack, tmp_path):
-    # Wall clock: without this, customers whose night it is now would rightly wait for morning.
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES_FILE.read_text().replace(
-        'quiet_hours = { start = "22:00", end = "08:00" }',
-        'quiet_hours = { start = "00:00", end = "00:00" }'))
-    stack.env["NOTIFIER_RULES"] = str(rules)
+def test_orders_become_exactly_one_confirmation_each(stack):
+    stack.without_quiet_hours()
     settings = settings_module.load(stack.env)
     for command in ("sinks", "worker", "senders"):
         stack.start(command)

@@ -14,7 +14,7 @@ import asyncio
 import os
 import time
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, time as clock_time, timedelta
+from datetime import UTC, datetime, time as clock_time
 from zoneinfo import ZoneInfo
 
 import orjson

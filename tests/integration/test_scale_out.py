@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from tests.integration.conftest import wait_for
-from tests.integration.test_first_slice import RULES_FILE
 from worker import settings as settings_module, simulate
 from worker.broker import free_port
 from worker.domain.notification import notification_id
@@ -42,11 +41,7 @@ def readiness(port: int) -> dict:
 
 @LOSES_AT_REBALANCE
 def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_or_repeated(stack, tmp_path):
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES_FILE.read_text().replace(
-        'quiet_hours = { start = "22:00", end = "08:00" }',
-        'quiet_hours = { start = "00:00", end = "00:00" }'))
-    stack.env["NOTIFIER_RULES"] = str(rules)
+    stack.without_quiet_hours()
     settings = settings_module.load(stack.env)
     orders_topic = settings.topics.orders
     second_port = free_port()

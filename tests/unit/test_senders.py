@@ -9,11 +9,11 @@ import email.policy
 from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
 from standardwebhooks import Webhook
 
 from worker import sinks
+from worker.sinks import read_outbox
 from worker.broker import free_port
 from worker.domain.sms import segments
 from worker.render import for_channel, render
@@ -57,9 +57,7 @@ async def sink(tmp_path: Path):
 
 
 def outbox(settings: Settings) -> list[dict]:
-    if not settings.outbox.exists():
-        return []
-    return [orjson.loads(line) for line in settings.outbox.read_bytes().splitlines()]
+    return read_outbox(settings.outbox)
 
 
 async def faults(settings: Settings, **shares: float) -> None:

@@ -19,7 +19,7 @@ from worker.domain.due import Due, plus
 from worker.domain.lanes import Figures, Lesson, lane_keys, lesson, stalled
 from worker.domain.plain import plain
 from worker.domain.envelope import Envelope
-from worker.domain.milestones import Reading, canonical
+from worker.domain.milestones import canonical
 from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment

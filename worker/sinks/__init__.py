@@ -46,10 +46,16 @@ class Outbox:
         self._file.flush()
 
     def latest(self, limit: int) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_bytes().splitlines()[-limit:]
-        return [orjson.loads(line) for line in reversed(lines) if line.strip()]
+        return read_outbox(self.path)[::-1][:limit]
+
+
+def read_outbox(path: Path) -> list[dict[str, Any]]:
+    """Every entry of an outbox file so far, oldest first. A line still being written (no
+    newline yet) is left for the next read."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [orjson.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines() if line.strip()]
 
 
 class SmtpSink:
