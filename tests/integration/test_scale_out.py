@@ -85,7 +85,7 @@ def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_
         return Counter(e["request"]["notification_id"] for e in stack.outbox_entries()
                        if e["request"].get("notification_id") in expected)
 
-    assert wait_for(lambda: set(delivered()) == expected, timeout=60), \
+    assert wait_for(lambda: set(delivered()) == expected, timeout=30), \
         f"{len(delivered())} of {len(expected)} delivered"
     stack.processes["senders"].terminate()  # nothing more may come
     stack.processes["senders"].wait(30)
