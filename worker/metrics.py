@@ -104,6 +104,16 @@ table_recovery_seconds = Histogram(
     registry=registry, buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
 
+lookups = Counter(
+    "notifier_tracking_lookups_total", "Tracking-page lookups by outcome (found, not_found, "
+    "expired, forged, rate_limited, forwarded)", ["outcome"], registry=registry,
+)
+engagement = Counter(
+    "notifier_engagement_events_total", "Notification outcomes and engagement counted, by kind, "
+    "channel, template variant and event (sent, delivered, opened, clicked, bounced, …)",
+    ["kind", "channel", "variant", "event"], registry=registry,
+)
+
 
 def exposition() -> bytes:
     return generate_latest(registry)

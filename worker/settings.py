@@ -38,6 +38,7 @@ class Topics:
     lanes: str = "lanes.observations"  # internal: delivered parcels' journeys, by lane
     lane_figures: str = "lanes.figures"  # compacted: each lane's latest figures
     addresses: str = "risk.addresses"  # internal: shipments by destination fingerprint
+    engagement_figures: str = "engagement.figures"  # compacted: each partition's figures
     inbox: str = "notifications.inbox"  # the in-app inbox, by customer
     retry: str = "notifications.retry"  # internal: sends waiting for their next attempt
     attempts: str = "notifications.attempts"  # internal, compacted: a send begun, by id
@@ -63,7 +64,13 @@ class Settings:
     web_port: int = 6066
     senders_web_port: int = 6067
     sinks_web_port: int = 6068
-    public_url: str = "http://127.0.0.1:6066"
+    public_url: str = "http://127.0.0.1:6066"  # where customers reach the tracking page
+    # Where the other workers reach this one (tracking lookups go to the order's owner);
+    # empty: http://127.0.0.1:<web_port>. In Kubernetes, the pod's own address.
+    advertised_url: str = ""
+    link_secret: str = "dev-link-secret-change-me"  # signs tracking links (HMAC): a secret
+    link_ttl_days: int = 60  # a notification's links open the order this long after it
+    lookups_per_minute: int = 10  # tracking-page lookups a client address may try
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
@@ -87,6 +94,7 @@ class Settings:
     wechat_app_id: str = "wx00000000000000dev"
     wechat_app_secret: str = "dev-app-secret"
     wechat_template_id: str = "order-status-update"
+    wechat_callback_token: str = "dev-wechat-callback-token"  # the account's server-settings token
     webhook_url: str = "http://127.0.0.1:6074/webhooks"
     webhook_secret: str = "whsec_b3JkZXItbm90aWZpZXItZGV2ZWxvcG1lbnQta2V5"
 
@@ -116,6 +124,10 @@ class Settings:
         """Calls a second per provider, from ``provider_rates``."""
         pairs = (p.split("=") for p in self.provider_rates.split(",") if p.strip())
         return {name.strip(): float(rate) for name, rate in pairs}
+
+    @property
+    def own_url(self) -> str:
+        return (self.advertised_url or f"http://127.0.0.1:{self.web_port}").rstrip("/")
 
     @property
     def event_clock(self) -> bool:
@@ -217,6 +229,10 @@ def _check(s: Settings) -> None:
             raise SettingsError(
                 f"{PREFIX}KAFKA_BOOTSTRAP={s.kafka_bootstrap!r}: expected host:port[,host:port…]"
             )
+    if len(s.link_secret) < 16:
+        raise SettingsError(f"{PREFIX}LINK_SECRET: expected a secret of 16 characters or more")
+    if s.advertised_url and urlsplit(s.advertised_url).scheme not in ("http", "https"):
+        raise SettingsError(f"{PREFIX}ADVERTISED_URL={s.advertised_url!r}: expected an http(s):// URL")
     if not s.webhook_secret.startswith("whsec_"):
         raise SettingsError(f"{PREFIX}WEBHOOK_SECRET: expected a Standard Webhooks secret (whsec_…)")
     for key, least in (("partitions", 1), ("replication_factor", 1), ("standby_replicas", 0)):

@@ -32,7 +32,7 @@ from worker.address_book import AddressBook
 from worker.agenda import Agenda
 from worker.lane_book import LaneBook
 from worker.codec import BadInput
-from worker.domain import customer, lanes, order, risk
+from worker.domain import customer, engagement, lanes, links, order, risk
 from worker.domain.clock import Clock
 from worker.domain.envelope import Envelope
 from worker.domain.notification import Intent
@@ -41,6 +41,7 @@ from worker.domain.milestones import carrier_table
 from worker.domain.rules import CHANNELS, Rules, parse
 from worker.render import catalog_locale, for_channel, render
 from worker.settings import Settings
+from worker.tracking_site import TrackingSite
 
 log = logging.getLogger("worker.stream")
 
@@ -53,6 +54,7 @@ ORDER_TYPES = frozenset(
 )
 TRACKING_TYPES = frozenset({"tracking.updated", "clock.tick"})
 PREFERENCE_TYPES = frozenset({"customer.preferences_updated"})
+ENGAGEMENT_SOURCE = "urn:order-notifier:tracking-page"
 KNOWN_SOURCES = frozenset(carrier_table())
 
 
@@ -86,6 +88,7 @@ def build_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
         web_port=settings.web_port,
         web_bind="0.0.0.0",
+        canonical_url=settings.own_url,
         datadir=str(settings.data_dir / "worker"),
         autodiscover=False,
         producer_max_request_size=8 * 1024 * 1024,
@@ -105,8 +108,10 @@ class Pipeline:
         self.app, self.settings, self.rules = app, settings, load_rules(settings)
         t, n = settings.topics, settings.partitions
         self.order_inputs = raw_topic(app, t.orders, t.tracking)
-        # Outcomes come back to the customer stage: a permanent failure falls back.
-        self.customer_inputs = raw_topic(app, t.intents, t.preferences, t.sent)
+        # Outcomes and engagement come back to the customer stage: a permanent failure falls
+        # back, an unsubscribe or a bounce changes the customer's channels, and both count.
+        self.customer_inputs = raw_topic(app, t.intents, t.preferences, t.sent, t.engagement)
+        self.engagement = raw_topic(app, t.engagement)
         self.intents = raw_topic(app, t.intents)
         self.tracking = raw_topic(app, t.tracking)
         self.sent = raw_topic(app, t.sent)
@@ -132,17 +137,23 @@ class Pipeline:
         self.lane_figures: dict[str, dict[str, Any]] = {}
         self.address_inputs = raw_topic(app, t.addresses)
         self.address_book = AddressBook(raw_table(app, "addresses", n), self.rules.risk)
+        # Each customer partition's engagement figures; every worker follows all of them.
+        self.engagement_counts = raw_table(app, "engagement", n)
+        self.engagement_figures_topic = raw_topic(app, t.engagement_figures)
+        self.engagement_figures: dict[str, dict[str, int]] = {}
 
         app.agent(self.order_inputs, name="order_stage")(self._order_stage)
         app.agent(self.customer_inputs, name="customer_stage")(self._customer_stage)
         app.agent(self.lane_inputs, name="lane_stage")(self._lane_stage)
         app.agent(self.address_inputs, name="address_stage")(self._address_stage)
-        app.task(self._follow_lane_figures)
+        app.task(lambda: self._follow(t.lane_figures, self.lane_figures))
+        app.task(lambda: self._follow(t.engagement_figures, self.engagement_figures))
         app.timer(settings.tick_seconds, on_leader=True)(self._publish_wall_tick)
         app.page("/metrics")(self._metrics)
         app.page("/healthz")(self._healthz)
         app.page("/readyz")(self._readyz)
         app.timer(1.0)(self._watch_readiness)
+        TrackingSite(self).register(app)
         self.recovering_since: float | None = None
 
     # -- agents ---------------------------------------------------------------------------
@@ -203,7 +214,7 @@ class Pipeline:
         order_id = envelope.data["order_id"]
         if order_id != m.key.decode("utf-8", "replace"):
             raise BadInput("wrong_key", "record key differs from data.order_id")
-        applied = order.apply(self._order(order_id), envelope, received_at=_wall_now())
+        applied = order.apply(self.order_state(order_id), envelope, received_at=_wall_now())
         if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
             return
@@ -283,10 +294,10 @@ class Pipeline:
                           acks: list[Awaitable[Any]]) -> datetime | None:
         """Decide what is due for one order and publish it (acknowledgements into ``acks``,
         the new state into ``woken``); answers when the order is next due."""
-        state = woken.get(order_id) or self._order(order_id)
+        state = woken.get(order_id) or self.order_state(order_id)
         if state is None:
             return None
-        decisions = order.wake(state, now, self.rules, self._lanes)
+        decisions = order.wake(state, now, self.rules, self.lanes_of)
         for intent in decisions.intents:
             metrics.decided.labels(intent.kind).inc()
             acks.append(await self._publish(self.intents, intent.customer_id, "notification.intended",
@@ -307,10 +318,10 @@ class Pipeline:
         woken[order_id] = decisions.state
         return datetime.fromisoformat(decisions.next_wake) if decisions.next_wake else None
 
-    def _lanes(self, keys: Any) -> list[dict[str, Any]]:
+    def lanes_of(self, keys: Any) -> list[dict[str, Any]]:
         return [self.lane_figures[k] for k in keys if k in self.lane_figures]
 
-    def _order(self, order_id: str) -> order.OrderState | None:
+    def order_state(self, order_id: str) -> order.OrderState | None:
         saved = self.orders.get(order_id.encode())
         return order.OrderState.from_dict(orjson.loads(saved)) if saved else None
 
@@ -378,9 +389,10 @@ class Pipeline:
         await self._send(self.lane_figures_topic, lane, "lane.figures",
                          f"figures-{observed['parcel']}-{lane}", lane, figures)
 
-    async def _follow_lane_figures(self) -> None:
-        """Read every lane's latest figures, from the start of the compacted topic on."""
-        topic, n = self.settings.topics.lane_figures, self.settings.partitions
+    async def _follow(self, topic: str, latest: dict[str, Any]) -> None:
+        """Keep the latest value of every key of a compacted topic (every lane's figures,
+        every partition's engagement figures), read from its start."""
+        n = self.settings.partitions
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_servers,
                                     enable_auto_commit=False)
         await consumer.start()
@@ -390,7 +402,7 @@ class Pipeline:
             await consumer.seek_to_beginning(*partitions)
             async for record in consumer:
                 if record.key and record.value:
-                    self.lane_figures[record.key.decode()] = orjson.loads(record.value)
+                    latest[record.key.decode()] = orjson.loads(record.value)
         finally:
             await consumer.stop()
 
@@ -412,10 +424,16 @@ class Pipeline:
         if m.topic == self.settings.topics.preferences:
             await self._on_preferences(m)
             return
+        if m.topic == self.settings.topics.engagement:
+            await self._on_engagement(m)
+            return
         event_type = _header(m.headers, "ce_type")
         if m.topic == self.settings.topics.sent:
-            if event_type == "notification.failed":
-                await self._on_failed(m.partition, orjson.loads(m.value))
+            if event_type in engagement.COUNTED:
+                outcome = orjson.loads(m.value)
+                await self._count(m.partition, event_type, outcome)
+                if event_type == "notification.failed":
+                    await self._on_failed(m.partition, outcome)
             return
         metrics.events_consumed.labels(m.topic, event_type).inc()
         data = orjson.loads(m.value)
@@ -458,6 +476,32 @@ class Pipeline:
         await self._settle_customer(state, actions)  # also keeps a dead push token's end
         self._plan_release(partition, state)
 
+    async def _on_engagement(self, m: Any) -> None:
+        """A customer opened, clicked, unsubscribed, or a provider told of a delivery or a
+        bounce: counted, and what it changes in the customer's preferences applied."""
+        envelope = codec.decode(m.key, m.value, m.headers, accepted_types=engagement.ENGAGEMENT_TYPES,
+                                max_bytes=self.settings.max_event_bytes)
+        metrics.events_consumed.labels(m.topic, envelope.type).inc()
+        data = envelope.data
+        if data["customer_id"] != m.key.decode("utf-8", "replace"):
+            raise BadInput("wrong_key", "record key differs from data.customer_id")
+        state = self._customer(data["customer_id"]) or customer.CustomerState(data["customer_id"])
+        customer.engaged(state, envelope.type, data, envelope.time or _wall_now(), self.rules)
+        self.customers[m.key] = orjson.dumps(state.to_dict())
+        await self._count(m.partition, envelope.type, data)
+
+    async def _count(self, partition: int, event_type: str, data: dict[str, Any]) -> None:
+        """One more event in the partition's figures for the notification's kind, channel and
+        variant; the partition's new figures go onto the compacted figures topic."""
+        figures_key = engagement.key(data)
+        metrics.engagement.labels(*figures_key.split("|"), engagement.COUNTED[event_type]).inc()
+        stored_key = f"{partition}|{figures_key}"
+        saved = self.engagement_counts.get(stored_key.encode())
+        figures = engagement.count(orjson.loads(saved) if saved else None, event_type)
+        self.engagement_counts[stored_key.encode()] = orjson.dumps(figures)
+        await self.engagement_figures_topic.send(key=stored_key.encode(), value=orjson.dumps(figures),
+                                                 force=True)
+
     def _watermark(self, partition: int, tick: dict[str, Any]) -> datetime | None:
         """The time every order partition has reached, as far as this partition has heard."""
         source = tick.get("source_partition", partition)
@@ -494,8 +538,14 @@ class Pipeline:
     async def _dispatch(self, intent: Intent, route: customer.Route) -> None:
         rule = self.rules.kinds.get(intent.kind)
         variant = rule.variant(intent.customer_id) if rule else None
+        token = self._link_token(intent, route, variant)
+        public = self.settings.public_url.rstrip("/")
         facts = {**intent.facts, "order_id": intent.order_id, "variant": variant,
-                 "tracking_url": self._tracking_url(intent)}
+                 "tracking_url": f"{public}/c/{token}"}
+        if route.channel == "email":
+            facts["open_pixel"] = f"{public}/o/{token}.gif"
+            if intent.priority == "marketing":
+                facts["unsubscribe_url"] = f"{public}/u/{token}"
         locale = catalog_locale(route.locale, self.rules.fallback_locale)
         content = render(intent.kind, locale, route.timezone, facts)
         command = {
@@ -510,6 +560,8 @@ class Pipeline:
             "content": for_channel(route.channel, content, intent.order_id, facts["tracking_url"],
                                    self.settings.wechat_template_id),
             "tracking_url": facts["tracking_url"],
+            # Signs the senders' links back to us: unsubscribe, delivery receipts, bounces.
+            "link_token": token,
             "created_at": intent.created_at,
             "caused_by": intent.caused_by,
             "received_at": intent.received_at,
@@ -565,8 +617,28 @@ class Pipeline:
                          "sup-" + intent.notification_id.removeprefix("ntf-"), intent.order_id,
                          outcome)
 
-    def _tracking_url(self, intent: Intent) -> str:
-        return f"{self.settings.public_url.rstrip('/')}/track?order={intent.order_id}"
+    def _link_token(self, intent: Intent, route: customer.Route, variant: str | None) -> str:
+        """The notification's signed link. It expires ``link_ttl_days`` after the decision,
+        so the same decision always renders the same message."""
+        expires = datetime.fromisoformat(intent.created_at) + timedelta(days=self.settings.link_ttl_days)
+        return links.sign(links.Link(intent.order_id, intent.customer_id, route.notification_id,
+                                     intent.kind, route.channel, variant or "",
+                                     int(expires.timestamp())), self.settings.link_secret)
+
+    # -- tracking page --------------------------------------------------------------------
+
+    def now_for(self, order_id: str) -> datetime:
+        """The order's partition's clock (under the event clock, how far its events got)."""
+        partition = self.app.producer.key_partition(self.settings.topics.orders, order_id.encode())
+        return self.clock.now(partition.partition, _wall_now())
+
+    async def send_engagement(self, customer_id: str, event_type: str, event_id: str,
+                              order_id: str, data: dict[str, Any]) -> None:
+        value, headers = codec.encode(event_type=event_type, event_id=event_id,
+                                      source=ENGAGEMENT_SOURCE, time=_wall_now(), data=data,
+                                      subject=order_id)
+        await (await self.engagement.send(key=customer_id.encode(), value=value, headers=headers,
+                                          force=True))
 
     # -- output ---------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ def specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.intents: {},
         t.lanes: {},
         t.lane_figures: {"cleanup.policy": "compact"},
+        t.engagement_figures: {"cleanup.policy": "compact"},
         t.addresses: {},
         t.sent: {},
         t.inbox: {},

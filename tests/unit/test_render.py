@@ -57,7 +57,7 @@ def test_email_is_multipart_alternative_with_text_and_html():
     content = render("order_confirmed", "zh_CN", "Asia/Shanghai", FACTS)
     command = {"notification_id": "ntf-1", "kind": "order_confirmed", "priority": "transactional",
                "recipient": {"email": "zhangwei@example.cn"}, "content": content.as_dict(),
-               "created_at": "2026-11-02T10:00:05+08:00"}
+               "created_at": "2026-11-02T10:00:05+08:00", "link_token": "abc.def"}
     raw = build_message(command, "shop@example.com", "http://127.0.0.1:6066")
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed.get_content_type() == "multipart/alternative"
@@ -134,10 +134,11 @@ def test_a_long_chinese_subject_and_a_marketing_unsubscribe_survive_the_wire():
     command = {"notification_id": "ntf-9", "kind": "replenishment_reminder", "priority": "marketing",
                "recipient": {"email": "zhangwei@example.cn"},
                "content": {"subject": subject, "text": "正文\n第二行", "html": "<p>正文</p>"},
-               "created_at": "2026-11-02T10:00:05+08:00"}
+               "created_at": "2026-11-02T10:00:05+08:00", "link_token": "abc.def"}
     raw = build_message(command, "shop@example.com", "http://127.0.0.1:6066")
     assert all(len(line) <= 78 for line in raw.split(b"\r\n"))  # RFC 5322 line length
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["Subject"] == subject
-    assert parsed["List-Unsubscribe"] == "<http://127.0.0.1:6066/unsubscribe?n=ntf-9>"
+    assert parsed["List-Unsubscribe"] == "<http://127.0.0.1:6066/u/abc.def>"
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert parsed.get_body(("plain",)).get_content() == "正文\n第二行"

@@ -68,6 +68,7 @@ class CustomerState:
     delivering: list[dict[str, Any]] = field(default_factory=list)
     # Set by a tombstone: everything above is gone, and orders placed before it stay silent.
     erased_at: str | None = None
+    soft_bounces: int = 0  # in a row, since the last email that arrived
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CustomerState:
@@ -89,7 +90,10 @@ class CustomerState:
 
 
 def update_preferences(state: CustomerState, update: dict[str, Any], at: datetime) -> None:
-    """Later values override earlier ones (contract section 3) from ``at`` on."""
+    """Later values override earlier ones (contract section 3) from ``at`` on. A new email
+    address is a fresh start for email, whatever the old one did."""
+    if update.get("email") and "email_disabled" not in update:
+        update = {**update, "email_disabled": False}
     state.versions.append([stamp(at), update])
     state.versions.sort(key=lambda v: v[0])
     if len(state.versions) > VERSIONS_LIMIT:
@@ -151,6 +155,23 @@ def fallback(state: CustomerState, failed_id: str, now: datetime, rules: Rules,
     actions = [_judge(state, intent, now, rules, webhook_url)]
     _remember(state, actions, now)
     return actions
+
+
+def engaged(state: CustomerState, event_type: str, data: dict[str, Any], now: datetime,
+            rules: Rules) -> None:
+    """What a customer's engagement changes in their preferences: an unsubscribe click ends
+    marketing; a hard bounce, or ``bounce_limit`` soft ones in a row, ends email to that
+    address; an email that arrived, or was opened, resets the count."""
+    if event_type == "notification.unsubscribed":
+        update_preferences(state, {"marketing_opt_in": False}, now)
+    elif event_type == "notification.bounced" and data.get("channel", "email") == "email":
+        state.soft_bounces += 1
+        if data.get("bounce_type") == "hard" or state.soft_bounces >= rules.policy.bounce_limit:
+            update_preferences(state, {"email_disabled": True}, now)
+            state.soft_bounces = 0
+    elif event_type in ("notification.delivered", "notification.opened", "notification.clicked") \
+            and data.get("channel") == "email":
+        state.soft_bounces = 0
 
 
 def erase(state: CustomerState, at: datetime) -> list[Action]:
@@ -324,6 +345,8 @@ def route(intent: Intent, preferences: dict[str, Any] | None, rules: Rules,
             return "opted_out"
         candidates = accepted
     routes: list[Route] = []
+    if (preferences or {}).get("email_disabled"):
+        candidates = [c for c in candidates if c != "email"]
     for channel in candidates:
         recipient = _recipient(channel, who, intent.customer_id, webhook_url)
         if recipient and len(routes) < intent.fanout:

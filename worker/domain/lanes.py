@@ -105,7 +105,7 @@ def journey(parcel: Shipment, days_off: Sequence[int] = ()) -> dict[str, dict[st
     delivered = parcel.delivered_at
     main = [c for c in parcel.checkpoints if c[1] and c[1] not in ("EXCEPTION",)]
     gaps: dict[str, list[float]] = {}
-    for (at, milestone, _), (later, _, _) in zip(main, main[1:]):
+    for (at, milestone, *_), (later, *_) in zip(main, main[1:]):
         if milestone in MOVING and (delivered is None or at < delivered):
             gaps.setdefault(milestone, []).append(_seconds(at, later))
     remaining: dict[str, list[float]] = {}

@@ -128,7 +128,7 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -
         reading = canonical(data["checkpoint"])
         parcel = _parcel(state, data)
         occurred = stamp(data["checkpoint"]["occurred_at"])
-        parcel.record(occurred, reading)
+        parcel.record(occurred, reading, _place(data["checkpoint"].get("location")))
         if data.get("estimated_delivery") and (parcel.eta_at is None or occurred >= parcel.eta_at):
             parcel.carrier_eta, parcel.eta_at = stamp(data["estimated_delivery"]), occurred
         state.shipments[parcel.shipment_id] = parcel.to_dict()
@@ -138,6 +138,13 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -
     state.caused_by[trigger] = event.id
     state.received_at[trigger] = stamp(received_at)
     return Applied(state)
+
+
+def _place(location: Any) -> str:
+    """Where a scan happened, as the tracking page shows it: the city, else the region."""
+    if not isinstance(location, dict):
+        return ""
+    return str(location.get("city") or location.get("region") or location.get("country") or "")
 
 
 def _parcel(state: OrderState, data: dict[str, Any]) -> Shipment:

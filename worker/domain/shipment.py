@@ -29,7 +29,7 @@ class Shipment:
     carrier_eta: str | None = None  # the carrier's latest estimate
     eta_at: str | None = None  # the checkpoint that told it: an older one told late does not win
     first_eta: str | None = None  # its first: the promise when the order made none
-    # [occurred_at (UTC, seconds), milestone or None when unknown, reason or raw code]
+    # [occurred_at (UTC, seconds), milestone or None when unknown, reason or raw code, place]
     checkpoints: list[list[Any]] = field(default_factory=list)
 
     @classmethod
@@ -39,10 +39,10 @@ class Shipment:
     def to_dict(self) -> dict[str, Any]:
         return plain(self)
 
-    def record(self, occurred_at: str, reading: Reading) -> bool:
+    def record(self, occurred_at: str, reading: Reading, place: str = "") -> bool:
         """Add one checkpoint; False when it was already known."""
         detail = reading.exception_reason if reading.known else reading.raw_code
-        entry = [occurred_at, reading.milestone, detail]
+        entry = [occurred_at, reading.milestone, detail, place]
         if entry in self.checkpoints:
             return False
         self.checkpoints.append(entry)

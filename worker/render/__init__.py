@@ -73,6 +73,16 @@ def render(kind: str, locale: str, timezone: str, facts: dict[str, Any]) -> Cont
                    short=_one_line(_block(plain, name, "short", facts)))
 
 
+def page(template: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
+    """A web page (the tracking page) in the catalog ``locale``, times in ``timezone``."""
+    env = _environment(locale, timezone, True)
+    return env.get_template(template).render(context, locale=locale)
+
+
+def translate(locale: str, message: str) -> str:
+    return _translations(locale).gettext(message)
+
+
 def _one_line(text: str) -> str:
     """Lines joined by a space, except after Chinese punctuation, which needs none."""
     return re.sub(r"(?<=[。！？，：）】]) ", "", " ".join(text.split()))

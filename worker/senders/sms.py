@@ -34,7 +34,7 @@ class SmsSender(Sender):
         form = {"To": phone, "From": self.settings.sms_from, "Body": self._body(command),
                 # The delivery receipt names the notification (issue: engagement).
                 "StatusCallback": f"{self.settings.public_url.rstrip('/')}/callbacks/sms"
-                                  f"?n={command['notification_id']}"}
+                                  f"?n={command['notification_id']}&l={command.get('link_token', '')}"}
         response, body = await http.call(self.http.post(self.url, data=form, headers=self.headers))
         if response.status == 400 and isinstance(body, dict) and body.get("code") in PERMANENT:
             raise PermanentFailure(PERMANENT[body["code"]], f"twilio {body['code']}")

@@ -30,9 +30,12 @@ def build_message(command: dict[str, Any], sender: str, public_url: str) -> byte
         ("X-Notification-Kind", command["kind"]),
         ("MIME-Version", "1.0"),
     ]
-    if command.get("priority") == "marketing":
-        headers += [("List-Unsubscribe", f"<{public_url.rstrip('/')}/unsubscribe?n={nid}>"),
-                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+    if command.get("link_token"):
+        # The relay's bounce report quotes it back (``/callbacks/email``).
+        headers.append(("X-Notification-Link", command["link_token"]))
+        if command.get("priority") == "marketing":
+            headers += [("List-Unsubscribe", f"<{public_url.rstrip('/')}/u/{command['link_token']}>"),
+                        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
     boundary = f"=_{nid}"
     parts = [("text/plain", content["text"])]
     if content.get("html"):

@@ -1,0 +1,235 @@
+"""The tracking page and the engagement loop on the real broker, with two workers.
+
+One split order is produced; the page is looked up on both workers (one of them does not
+own the order and forwards the request), opened from the notification's signed link, and
+probed with wrong, forged, expired and brute-forced lookups. Then 1,000 clicks become
+1,000 engagement events and the right figures at ``/stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from tests.integration.conftest import Stack, wait_for
+from tests.integration.kafka_io import produce, read_all
+from worker import codec, settings as settings_module
+from worker.broker import free_port
+from worker.domain import links
+
+pytestmark = pytest.mark.integration
+
+ORDER = "SO-TRACK-1"
+EMAIL = "Lin.Mei@example.cn"
+PHONE = "+8613800138000"
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def at(hours: float) -> str:
+    return (NOW + timedelta(hours=hours)).isoformat()
+
+
+def events() -> list[tuple[str, str, dict[str, Any]]]:
+    """(topic name, event type, data): one order in two parcels, the first nearly home."""
+    order = {"order_id": ORDER, "shop": {"id": "shop-1", "name": "星河小铺", "support_url": "https://shop.example/help"},
+             "customer": {"id": "C-TRACK-1", "name": "林美", "email": EMAIL, "phone": PHONE,
+                          "locale": "zh-CN", "timezone": "Asia/Shanghai"},
+             "items": [{"sku": "TEA-1", "name": "龙井茶", "quantity": 2, "unit_price": "88.00", "category": "fresh"},
+                       {"sku": "CUP-1", "name": "茶杯", "quantity": 1, "unit_price": "60.00", "category": "fragile"}],
+             "total": {"amount": "236.00", "currency": "CNY"}, "placed_at": at(-50),
+             "promised_delivery_by": at(30)}
+    out = [("orders", "order.created", order),
+           ("orders", "order.paid", {"order_id": ORDER, "paid_at": at(-49)})]
+    for n, number in ((1, "SF1000000001"), (2, "SF1000000002")):
+        out.append(("orders", "order.shipped", {
+            "order_id": ORDER, "shipment_id": f"{ORDER}-{n}", "carrier": "sf-express",
+            "tracking_number": number, "shipped_at": at(-30 + n),
+            "origin": {"country": "CN", "region": "Zhejiang", "city": "Hangzhou"},
+            "destination": {"country": "CN", "region": "Shanghai", "city": "Shanghai"}}))
+    scans = {1: [("PICKED_UP", -28, "Hangzhou"), ("IN_TRANSIT", -20, "Jiaxing"),
+                 ("ARRIVED_AT_DESTINATION", -8, "Shanghai"), ("OUT_FOR_DELIVERY", -2, "Shanghai")],
+             2: [("PICKED_UP", -26, "Hangzhou")]}
+    for n, parcel_scans in scans.items():
+        for status, hours, city in parcel_scans:
+            out.append(("tracking", "tracking.updated", {
+                "order_id": ORDER, "shipment_id": f"{ORDER}-{n}", "carrier": "sf-express",
+                "tracking_number": f"SF100000000{n}",
+                "checkpoint": {"status": status, "occurred_at": at(hours),
+                               "location": {"country": "CN", "city": city}}}))
+    return out
+
+
+class Site:
+    def __init__(self, stack: Stack, second_port: int) -> None:
+        self.stack, self.settings = stack, settings_module.load(stack.env)
+        self.ports = (stack.web_port, second_port)
+
+    def get(self, path: str, port: int | None = None) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{port or self.ports[0]}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+
+    def owner_and_other(self) -> tuple[int, int]:
+        """The web ports of the worker that owns the order's partition and of the other."""
+        partitions = self.settings.partitions
+        partition = DefaultPartitioner()(ORDER.encode(), list(range(partitions)), list(range(partitions)))
+        for port, other in (self.ports, self.ports[::-1]):
+            _, body = self.get("/readyz", port)
+            if partition in orjson.loads(body)["partitions"].get(self.settings.topics.orders, []):
+                return port, other
+        raise AssertionError("no worker owns the order's partition")
+
+
+@pytest.fixture(scope="module")
+def site(kafka, tmp_path_factory) -> Iterator[Site]:
+    workdir = tmp_path_factory.mktemp("tracking")
+    stack = Stack(kafka, workdir)
+    stack.without_quiet_hours()
+    second_port = free_port()
+    stack.start("worker")
+    stack.start("worker", name="worker-b", NOTIFIER_WEB_PORT=str(second_port),
+                NOTIFIER_ADVERTISED_URL=f"http://127.0.0.1:{second_port}",
+                NOTIFIER_DATA_DIR=str(workdir / "data-b"))
+    try:
+        stack.wait_ready()
+        s = Site(stack, second_port)
+        orders = s.settings.partitions
+        assert wait_for(lambda: all(
+            orjson.loads(s.get("/readyz", p)[1]).get("ready") for p in s.ports) and sum(
+            len(orjson.loads(s.get("/readyz", p)[1])["partitions"].get(s.settings.topics.orders, []))
+            for p in s.ports) == orders, timeout=90)
+        topics = {"orders": s.settings.topics.orders, "tracking": s.settings.topics.tracking}
+        records = []
+        for topic, event_type, data in events():
+            value, headers = codec.encode(event_type=event_type, event_id=f"{event_type}-{len(records)}",
+                                          source="urn:test", time=NOW, data=data)
+            records.append((topics[topic], ORDER.encode(), value, headers))
+        asyncio.run(produce(s.settings.kafka_bootstrap, records))
+        assert wait_for(lambda: s.get(f"/track?order={ORDER}&email={EMAIL}")[0] == 200, timeout=60)
+        yield s
+    finally:
+        stack.stop()
+
+
+def sections(html: str) -> dict[str, str]:
+    """Each parcel's section of the page, by shipment id, with its progress step."""
+    return dict(re.findall(r'<section class="shipment" data-shipment="([^"]+)" data-step="([^"]+)"', html))
+
+
+def test_the_order_is_found_by_email_or_phone_digits_on_either_worker(site):
+    owner, other = site.owner_and_other()
+    pages = {port: site.get(f"/track?order={ORDER}&email={EMAIL.upper()}", port) for port in (owner, other)}
+    for status, html in pages.values():
+        assert status == 200
+        assert sections(html) == {f"{ORDER}-1": "out_for_delivery", f"{ORDER}-2": "in_transit"}
+        assert "星河小铺" in html and "SF1000000001" in html and "SF1000000002" in html
+    # The other worker answered from the owner: the same page.
+    assert pages[owner][1] == pages[other][1]
+    _, metrics = site.get("/metrics", other)
+    assert re.search(r'notifier_tracking_lookups_total\{outcome="forwarded"\} [1-9]', metrics)
+    status, html = site.get(f"/track?order={ORDER}&phone4=8000&lang=en", other)
+    assert status == 200 and "Out for delivery" in html and "Parcel 2 of 2" in html
+
+
+def test_the_notification_link_opens_the_page_and_counts_a_click(site):
+    def confirmation() -> dict | None:
+        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.dispatch("email")))
+        return next((orjson.loads(r.value) for r in found if orjson.loads(r.value)["kind"] == "order_confirmed"), None)
+
+    command = wait_for(confirmation, timeout=60)
+    assert command, "no order confirmation was dispatched"
+    url = command["tracking_url"]
+    assert ORDER not in url and EMAIL not in url  # the link names no order and no address
+    assert f'src="{url.replace("/c/", "/o/")}.gif"' in command["content"]["html"]  # the open pixel
+    path = url.removeprefix(site.settings.public_url.rstrip("/"))
+    for port in site.ports:
+        status, html = site.get(path, port)  # /c/… answers 303 to the page, which urllib follows
+        assert status == 200 and sections(html)[f"{ORDER}-1"] == "out_for_delivery"
+
+    def clicks() -> list[dict]:
+        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.engagement))
+        return [orjson.loads(r.value) for r in found
+                if dict(r.headers)["ce_type"] == b"notification.clicked"
+                and orjson.loads(r.value)["notification_id"] == command["notification_id"]]
+
+    assert wait_for(lambda: len(clicks()) == 2, timeout=30), clicks()
+    assert {c["kind"] for c in clicks()} == {"order_confirmed"} and EMAIL not in str(clicks())
+
+
+def test_wrong_unknown_forged_and_expired_lookups_reveal_nothing(site):
+    wrong = site.get(f"/track?order={ORDER}&email=someone@example.cn")
+    unknown = site.get(f"/track?order=SO-NOT-THERE&email={EMAIL}")
+    wrong_digits = site.get(f"/track?order={ORDER}&phone4=1234")
+    assert wrong == unknown == wrong_digits  # the same status and the same page, word for word
+    assert wrong[0] == 404
+    secret = site.settings.link_secret
+    link = links.Link(ORDER, "C-TRACK-1", "ntf-x", "shipped", "email", "", int((NOW + timedelta(days=1)).timestamp()))
+    genuine = links.sign(link, secret)
+    facts, mac = genuine.split(".")
+    forged_facts = links.sign(links.Link(ORDER, "C-OTHER", "ntf-x", "shipped", "email", "", link.expires),
+                              "guessed-secret-of-16+").split(".")[0]
+    for token in (f"{forged_facts}.{mac}", links.sign(link, "another-secret-entirely"), facts, "x.y", ""):
+        assert site.get(f"/track?t={token}") == wrong or token == "", token
+    expired = links.sign(links.Link(ORDER, "C-TRACK-1", "ntf-x", "shipped", "email", "",
+                                    int((NOW - timedelta(seconds=1)).timestamp())), secret)
+    status, html = site.get(f"/track?t={expired}")
+    assert status == 410
+    for secret_fact in (ORDER, "SF1000000001", "星河小铺", EMAIL, "8000"):
+        assert secret_fact not in wrong[1] and secret_fact not in html
+    assert site.get(f"/track?t={genuine}")[0] == 200
+
+
+def test_guessing_is_rate_limited_and_then_even_the_right_pair_reveals_nothing(site):
+    answers = Counter(site.get(f"/track?order={ORDER}&phone4={n:04d}")[0] for n in range(30))
+    assert answers[429] >= 20 and answers[200] == 0, answers
+    status, html = site.get(f"/track?order={ORDER}&email={EMAIL}")
+    assert status == 429 and "SF1000000001" not in html
+
+
+def test_a_thousand_clicks_become_a_thousand_engagement_events_and_the_figures(site):
+    secret, expires = site.settings.link_secret, int((NOW + timedelta(days=30)).timestamp())
+    tokens = {("shipped", "email", "A"): 600, ("delivered", "sms", "B"): 400}
+    run = f"ntf-bulk-{NOW.timestamp():.0f}"
+
+    async def click_all() -> list[int]:
+        async with aiohttp.ClientSession() as http:
+            async def click(n: int, kind: str, channel: str, variant: str) -> int:
+                token = links.sign(links.Link(ORDER, "C-TRACK-1", f"{run}-{kind}-{n % 7}", kind, channel,
+                                              variant, expires), secret)
+                port = site.ports[n % 2]
+                async with http.get(f"http://127.0.0.1:{port}/c/{token}", allow_redirects=False) as answer:
+                    return answer.status
+            jobs = [click(n, *key) for key, count in tokens.items() for n in range(count)]
+            return list(await asyncio.gather(*jobs))
+
+    assert Counter(asyncio.run(click_all())) == {303: 1000}
+
+    def bulk_clicks() -> list:
+        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.engagement))
+        return [r for r in found if orjson.loads(r.value)["notification_id"].startswith(run)]
+
+    assert wait_for(lambda: len(bulk_clicks()) == 1000, timeout=60), len(bulk_clicks())
+    assert len({dict(r.headers)["ce_id"] for r in bulk_clicks()}) == 1000
+
+    def figures(port: int) -> dict:
+        rows = orjson.loads(site.get("/stats", port)[1])["figures"]
+        return {(r["kind"], r["channel"], r["variant"]): r["clicked"] for r in rows
+                if (r["kind"], r["channel"]) in {("shipped", "email"), ("delivered", "sms")}}
+
+    expected = {("shipped", "email", "A"): 600, ("delivered", "sms", "B"): 400}
+    for port in site.ports:  # every worker answers for the whole stream
+        assert wait_for(lambda: figures(port) == expected, timeout=60), figures(port)

@@ -1,0 +1,118 @@
+"""What the tracking page shows of an order, and who may see it.
+
+The page is opened either by a signed link from a notification (:mod:`worker.domain.links`)
+or by the order number with the email address or the last four digits of the phone
+number on the order. :func:`verified` compares in constant time and answers no for an
+unknown order and a wrong pair alike, so neither can be told from the other.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Any
+
+from worker.domain.clock import stamp
+from worker.domain.due import plus, seconds_between
+from worker.domain.lanes import MOVING, lane_keys, predict
+from worker.domain.milestones import RANK
+from worker.domain.order import LaneLookup, OrderState, no_lanes
+from worker.domain.rules import Rules
+from worker.domain.shipment import Shipment
+
+# The progress bar: what a customer tells apart, each with the milestones it covers.
+STEPS = (
+    ("ordered", ()),
+    ("shipped", ("LABEL_CREATED",)),
+    ("in_transit", ("PICKED_UP", "IN_TRANSIT", "CUSTOMS", "ARRIVED_AT_DESTINATION")),
+    ("out_for_delivery", ("OUT_FOR_DELIVERY", "AVAILABLE_FOR_PICKUP", "DELIVERY_FAILED")),
+    ("delivered", ("DELIVERED",)),
+)
+WINDOW = (0.25, 0.75)  # the predicted delivery window: the lane's middle half
+
+
+def verified(state: OrderState | None, email: str = "", phone4: str = "") -> bool:
+    """Does the pair match the order? Compared in constant time, and the same work is done
+    for an unknown order, so the answer's timing tells nothing either."""
+    customer = ((state.order or {}).get("customer") or {}) if state else {}
+    known_email = str(customer.get("email") or "").strip().casefold()
+    known_phone4 = "".join(ch for ch in str(customer.get("phone") or "") if ch.isdigit())[-4:]
+    email_ok = hmac.compare_digest(email.strip().casefold().encode(), known_email.encode())
+    phone_ok = hmac.compare_digest(phone4.strip().encode(), known_phone4.encode())
+    given = (bool(email.strip()) and bool(known_email) and email_ok) or (
+        len(phone4.strip()) == 4 and len(known_phone4) == 4 and phone_ok)
+    return state is not None and state.order is not None and given
+
+
+def view(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_lanes) -> dict[str, Any]:
+    """The page's facts: the shop, the order, and each parcel's progress, timeline and
+    expected delivery. Times are UTC stamps; the page shows them in the customer's zone."""
+    order = state.order or {}
+    customer = order.get("customer") or {}
+    parcels = sorted(state.parcels(), key=lambda p: (p.label_at or "", p.shipment_id))
+    return {
+        "order_id": state.order_id,
+        "shop": (order.get("shop") or {}).get("name", ""),
+        "support_url": (order.get("shop") or {}).get("support_url", ""),
+        "locale": customer.get("locale", ""),
+        "timezone": customer.get("timezone", "UTC"),
+        "placed_at": order.get("placed_at"),
+        "cancelled_at": state.cancelled_at,
+        "items": [{"name": i.get("name", ""), "quantity": i.get("quantity", 1)}
+                  for i in order.get("items", [])],
+        "shipments": [_parcel_view(state, p, n, now, rules, lanes)
+                      for n, p in enumerate(parcels, start=1)],
+    }
+
+
+def _parcel_view(state: OrderState, p: Shipment, number: int, now: datetime, rules: Rules,
+                 lanes: LaneLookup) -> dict[str, Any]:
+    reached = RANK.get(p.milestone, 0) if p.label_at or p.checkpoints else -1
+    step = max((i for i, (_, covers) in enumerate(STEPS)
+                if any(RANK[m] <= reached for m in covers)), default=0)
+    timeline = [{"at": c[0], "milestone": c[1], "detail": c[2], "place": c[3] if len(c) > 3 else ""}
+                for c in reversed(p.checkpoints) if c[1]]
+    return {
+        "number": number,
+        "shipment_id": p.shipment_id,
+        "carrier": p.carrier,
+        "tracking_number": p.tracking_number,
+        "milestone": p.milestone,
+        "step": STEPS[step][0],
+        "steps": [{"name": name, "done": i <= step, "current": i == step}
+                  for i, (name, _) in enumerate(STEPS)],
+        "timeline": timeline,
+        "delivered_at": p.delivered_at,
+        "exception": p.open_exception,
+        **_expected(state, p, now, rules, lanes),
+    }
+
+
+def _expected(state: OrderState, p: Shipment, now: datetime, rules: Rules,
+              lanes: LaneLookup) -> dict[str, Any]:
+    """The predicted delivery window, and how late that is against the promise."""
+    if p.delivered_at or state.cancelled_at:
+        return {"window": None, "days_late": 0}
+    promise = (state.order or {}).get("promised_delivery_by") or p.first_eta
+    figures = lanes(lane_keys(p.carrier, p.origin, p.destination))
+    days_off = rules.prediction.non_working_days.get(p.carrier, ())
+    window = None
+    if p.scans and p.milestone in MOVING:
+        since = p.times(p.milestone)[0]
+        ends = [predict(p.milestone, since, figures, rules.prediction, p.carrier_eta, q, days_off)
+                for q in WINDOW]
+        if None not in ends:
+            early, late = sorted(e for e in ends if e)
+            window = [max(early, stamp(now)), max(late, stamp(now))]
+    elif promise:
+        window = [stamp(promise), stamp(promise)]
+    told = state.delays.get(p.shipment_id, 0)
+    if window and promise and not told:
+        lateness = seconds_between(stamp(promise), window[0])
+        told = int(lateness // 86400) + 1 if lateness > rules.prediction.delay_tolerance_hours * 3600 else 0
+    if window and told and promise:
+        # The page never promises sooner than the delay notice did.
+        floor = plus(stamp(promise), seconds=told * 86400)
+        window = [max(window[0], floor), max(window[1], floor)]
+    return {"window": window, "days_late": told, "promised": stamp(promise) if promise else None}
+

@@ -1,0 +1,296 @@
+"""The worker's customer-facing web: the tracking page, the links in notifications, the
+providers' delivery callbacks and the engagement figures.
+
+- ``/track``: the form; ``?order=…&email=…`` or ``&phone4=…`` looks an order up;
+  ``?t=TOKEN`` opens it from a signed link; ``&lang=`` switches language. A wrong pair,
+  an unknown order and a forged link get the same answer; lookups are rate limited per
+  client address.
+- ``/c/TOKEN`` records ``notification.clicked`` and redirects to the page;
+  ``/o/TOKEN.gif`` records ``notification.opened``; ``/u/TOKEN`` unsubscribes from
+  marketing (one click, RFC 8058).
+- ``/callbacks/sms`` (Twilio's StatusCallback), ``/callbacks/wechat``
+  (``TEMPLATESENDJOBFINISH``) and ``/callbacks/email`` (bounces) become engagement events.
+- ``/stats``: the engagement figures of every partition, added up.
+
+An order lives in one worker's table partition. A worker asked about an order it does
+not own forwards the request to the owner (found through Faust's table routing), signed
+so the owner knows it comes from a worker and the client was already rate limited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+from xml.etree import ElementTree
+
+import aiohttp
+import faust
+from aiohttp import web
+from faust.web import View
+
+from worker import metrics
+from worker.domain import engagement, links, tracking
+from worker.domain.limiter import Buckets
+from worker.render import catalog_locale, page, translate
+
+if TYPE_CHECKING:
+    from worker.stream import Pipeline
+
+log = logging.getLogger("worker.tracking")
+
+LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "English"))
+ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
+PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",  # a signed link must not leak to other sites
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+}
+NOT_FOUND = "We could not find an order with these details. Check the order number and the email address or phone digits."
+
+
+class TrackingSite:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline, self.settings = pipeline, pipeline.settings
+        self.secret = self.settings.link_secret
+        self.guesses = Buckets(self.settings.lookups_per_minute, self.settings.lookups_per_minute)
+        self.http: aiohttp.ClientSession | None = None
+
+    def register(self, app: faust.App) -> None:
+        for path, get, post in (
+            ("/track", self.track, None),
+            ("/c/{token}", self.click, None),
+            ("/o/{token}.gif", self.opened, None),
+            ("/u/{token}", self.unsubscribe, self.unsubscribe),
+            ("/callbacks/sms", None, self.sms_status),
+            ("/callbacks/wechat", self.wechat_check, self.wechat_event),
+            ("/callbacks/email", None, self.email_bounce),
+            ("/stats", self.stats, None),
+        ):
+            app.page(path)(_view(path, get, post))
+
+    # -- the page ---------------------------------------------------------------------
+
+    async def track(self, request: web.Request) -> web.Response:
+        q = request.query
+        routed = request.headers.get(ROUTED) == links.request_mac(request.path_qs, self.secret)
+        if not (q.get("t") or q.get("order")):
+            return self._page(200, _locale(q.get("lang"), request), form=dict(q))
+        client = request.headers.get("x-forwarded-for", "") if routed else (request.remote or "")
+        if not routed and not self.guesses.take(client, time.monotonic()):
+            metrics.lookups.labels("rate_limited").inc()
+            response = self._page(429, _locale(q.get("lang"), request), form={},
+                                  message="Too many tries. Please wait a minute and try again.")
+            response.headers["Retry-After"] = str(self.guesses.retry_after(client))
+            return response
+        link: links.Link | None = None
+        if q.get("t"):
+            try:
+                link = links.read(q["t"], self.secret)
+            except links.Forged:
+                return self._not_found(request)
+            if link.expired(datetime.now(UTC)):
+                metrics.lookups.labels("expired").inc()
+                return self._page(410, _locale(q.get("lang"), request), form={},
+                                  message="This link has expired. Enter your order number to see your order.")
+        order_id = link.order_id if link else q["order"].strip()
+        if not routed and (owner := self._owner(order_id)) is not None:
+            return await self._forward(owner, request)
+        state = self.pipeline.order_state(order_id)
+        if state is None or state.order is None or (link is None and not tracking.verified(
+                state, q.get("email", ""), q.get("phone4", ""))):
+            return self._not_found(request)
+        # A lookup that found its order costs the client nothing.
+        self.guesses.refund(client)
+        metrics.lookups.labels("found").inc()
+        view = tracking.view(state, self.pipeline.now_for(order_id), self.pipeline.rules,
+                             self.pipeline.lanes_of)
+        return self._page(200, _locale(q.get("lang") or view["locale"], request), view=view,
+                          timezone=view["timezone"], query=q)
+
+    def _not_found(self, request: web.Request) -> web.Response:
+        metrics.lookups.labels("not_found").inc()
+        return self._page(404, _locale(request.query.get("lang"), request), form={},
+                          message=NOT_FOUND)
+
+    def _page(self, status: int, locale: str, *, form: dict[str, str] | None = None,
+              view: dict[str, Any] | None = None, message: str = "", timezone: str = "UTC",
+              query: Any = None) -> web.Response:
+        keep = {k: v for k, v in (query or {}).items() if k in ("t", "order", "email", "phone4")}
+        switch = {code: "/track?" + urlencode({**keep, "lang": code}) for code, _ in LANGUAGES}
+        html = page("track.html.j2", locale, timezone, {
+            "view": view, "form": {"order": "", "email": "", **(form or {})},
+            "message": translate(locale, message) if message else "",
+            "languages": LANGUAGES, "switch": switch, "inbox": []})
+        return web.Response(text=html, status=status, content_type="text/html", charset="utf-8",
+                            headers=SECURITY_HEADERS)
+
+    def _owner(self, order_id: str) -> str | None:
+        """The URL of the worker that owns the order's partition; None when it is this one."""
+        try:
+            url = str(self.pipeline.app.router.key_store("orders", order_id.encode())).rstrip("/")
+        except KeyError:  # between assignments: answered here, from a standby copy if any
+            return None
+        return None if url == self.settings.own_url else url
+
+    async def _forward(self, owner: str, request: web.Request) -> web.Response:
+        if self.http is None:
+            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        headers = {ROUTED: links.request_mac(request.path_qs, self.secret),
+                   "x-forwarded-for": request.remote or "",
+                   "accept-language": request.headers.get("accept-language", "")}
+        metrics.lookups.labels("forwarded").inc()
+        try:
+            async with self.http.get(owner + request.path_qs, headers=headers) as answer:
+                body = await answer.read()
+                response = web.Response(body=body, status=answer.status, headers=SECURITY_HEADERS,
+                                        content_type="text/html", charset="utf-8")
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("the owner of a looked-up order did not answer")
+            return web.Response(text="Please try again in a moment.", status=503, headers=SECURITY_HEADERS)
+        if answer.status in (404, 410):
+            return response
+        self.guesses.refund(request.remote or "")
+        return response
+
+    # -- links in notifications -------------------------------------------------------
+
+    async def click(self, request: web.Request, token: str) -> web.Response:
+        link = self._link(token)
+        if link is not None:
+            await self._record("notification.clicked", link)
+        raise web.HTTPSeeOther(f"/track?t={token}" if link else "/track",
+                               headers=SECURITY_HEADERS)
+
+    async def opened(self, request: web.Request, token: str) -> web.Response:
+        if (link := self._link(token)) is not None:
+            await self._record("notification.opened", link)
+        return web.Response(body=PIXEL, content_type="image/gif", headers=SECURITY_HEADERS)
+
+    async def unsubscribe(self, request: web.Request, token: str) -> web.Response:
+        """GET shows a button (mail scanners follow links: they must not unsubscribe anyone);
+        POST, the button or a mail client's one-click, unsubscribes."""
+        link = self._link(token)
+        locale = _locale(request.query.get("lang"), request)
+        if link is None:
+            return self._page(404, locale, form={}, message=NOT_FOUND)
+        if request.method == "POST":
+            await self._record("notification.unsubscribed", link)
+            return web.Response(text=_unsubscribed(locale), content_type="text/html", headers=SECURITY_HEADERS)
+        return web.Response(text=_unsubscribe_form(locale), content_type="text/html", headers=SECURITY_HEADERS)
+
+    def _link(self, token: str) -> links.Link | None:
+        try:
+            return links.read(token, self.secret)
+        except links.Forged:
+            metrics.lookups.labels("forged").inc()
+            return None
+
+    async def _record(self, event_type: str, link: links.Link, event_id: str = "",
+                      **extra: Any) -> None:
+        data = {"notification_id": link.notification_id, "order_id": link.order_id,
+                "customer_id": link.customer_id, "kind": link.kind, "channel": link.channel,
+                "at": datetime.now(UTC).isoformat(), **extra}
+        if link.variant:
+            data["variant"] = link.variant
+        await self.pipeline.send_engagement(link.customer_id, event_type,
+                                            event_id or f"eng-{uuid.uuid4().hex}", link.order_id, data)
+
+    # -- providers' callbacks ---------------------------------------------------------
+
+    async def sms_status(self, request: web.Request) -> web.Response:
+        """Twilio's StatusCallback: delivered, or undelivered/failed (a bounce)."""
+        form = await request.post()
+        link = self._link(request.query.get("l", ""))
+        status = str(form.get("MessageStatus", ""))
+        event_type = {"delivered": "notification.delivered", "undelivered": "notification.bounced",
+                      "failed": "notification.bounced"}.get(status)
+        if link is not None and event_type:
+            await self._record(event_type, link, f"twilio-{form.get('MessageSid', '')}-{status}",
+                               provider_status=status, error_code=str(form.get("ErrorCode", "")))
+        return web.Response(status=204)
+
+    async def wechat_check(self, request: web.Request) -> web.Response:
+        """WeChat's server check: echo ``echostr`` when the signature holds."""
+        q = request.query
+        if not _wechat_signed(self.settings.wechat_callback_token, q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")):
+            return web.Response(status=403)
+        return web.Response(text=q.get("echostr", ""))
+
+    async def wechat_event(self, request: web.Request) -> web.Response:
+        """``TEMPLATESENDJOBFINISH``: the template message arrived, or the user blocks us."""
+        q = request.query
+        if not _wechat_signed(self.settings.wechat_callback_token, q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")):
+            return web.Response(status=403)
+        try:
+            xml = ElementTree.fromstring(await request.read())
+        except ElementTree.ParseError:
+            return web.Response(status=400)
+        link = self._link(q.get("l", ""))
+        status = xml.findtext("Status", "")
+        if link is not None and xml.findtext("Event") == "TEMPLATESENDJOBFINISH":
+            event_type = "notification.delivered" if status == "success" else "notification.bounced"
+            await self._record(event_type, link, f"wechat-{xml.findtext('MsgID', '')}",
+                               provider_status=status)
+        return web.Response(text="success")
+
+    async def email_bounce(self, request: web.Request) -> web.Response:
+        """A bounce from the mail relay: ``{"link": TOKEN, "type": "hard"|"soft"}`` (the
+        token is in every message's ``X-Notification-Link`` header)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.Response(status=400)
+        link = self._link(str(body.get("link", ""))) if isinstance(body, dict) else None
+        if link is None:
+            return web.Response(status=404)
+        await self._record("notification.bounced", link, bounce_type=str(body.get("type", "soft")))
+        return web.Response(status=202)
+
+    # -- figures ----------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"figures": engagement.summary(
+            (key.split("|", 1)[1], figures) for key, figures in self.pipeline.engagement_figures.items()),
+                                  "as_of": datetime.now(UTC).isoformat()})
+
+
+def _view(path: str, get: Callable[..., Awaitable[Any]] | None,
+          post: Callable[..., Awaitable[Any]] | None) -> type[View]:
+    methods: dict[str, Any] = {}
+    if get:
+        methods["get"] = get
+    if post:
+        methods["post"] = post
+    return type(f"View{path.replace('/', '_')}", (View,), methods)
+
+
+def _locale(tag: str | None, request: web.Request) -> str:
+    """The page's language: asked for, else the browser's first we have, else English."""
+    if tag:
+        return catalog_locale(tag)
+    accepted = request.headers.get("accept-language", "").split(",")[0].split(";")[0].strip()
+    return catalog_locale(accepted or "en")
+
+
+def _wechat_signed(token: str, signature: str, timestamp: str, nonce: str) -> bool:
+    """WeChat signs its calls with the token set in the official account's server settings."""
+    expected = hashlib.sha1("".join(sorted((token, timestamp, nonce))).encode()).hexdigest()
+    return bool(signature) and signature == expected
+
+
+def _unsubscribe_form(locale: str) -> str:
+    return page("unsubscribe.html.j2", locale, "UTC", {"done": False})
+
+
+def _unsubscribed(locale: str) -> str:
+    return page("unsubscribe.html.j2", locale, "UTC", {"done": True})
