@@ -54,13 +54,18 @@ broker-jars:
 	    -DincludeScope=runtime -DoutputDirectory=$(abspath $(KAFKA_LIBS)) && \
 	touch $(KAFKA_LIBS)/.complete
 
-# What the tests check the deployment files with: promtool (Debian's prometheus package)
-# for the metrics and alert rules, and the Compose Specification's JSON schema as Docker
-# published it in docker-compose 1.29.2 on PyPI.
+# What the tests check with: promtool (Debian's prometheus package) for the metrics and
+# alert rules, Debian's chromium for the tracking page's browser test, and the Compose
+# Specification's JSON schema as Docker published it in docker-compose 1.29.2 on PyPI.
 tools: $(COMPOSE_SPEC)
-	@command -v promtool >/dev/null || { \
-	  echo "Installing Debian's prometheus package for promtool..."; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-noto-cjk"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian's$$missing (promtool; the browser test's Chromium and Chinese fonts)..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 $(COMPOSE_SPEC): | install
 	@mkdir -p .cache/pip

@@ -55,7 +55,12 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
 }
-NOT_FOUND = "We could not find an order with these details. Check the order number and the email address or phone digits."
+MESSAGES = {  # translated in the catalogs like the templates' strings
+    "not_found": "We could not find an order with these details. Check the order number and the "
+                 "email address or phone digits.",
+    "too_many": "Too many tries. Please wait a minute and try again.",
+    "expired": "This link has expired. Enter your order number to see your order.",
+}
 
 
 class TrackingSite:
@@ -89,7 +94,7 @@ class TrackingSite:
         if not routed and not self.guesses.take(client, time.monotonic()):
             metrics.lookups.labels("rate_limited").inc()
             response = self._page(429, _locale(q.get("lang"), request), form={},
-                                  message="Too many tries. Please wait a minute and try again.")
+                                  message=MESSAGES["too_many"])
             response.headers["Retry-After"] = str(self.guesses.retry_after(client))
             return response
         link: links.Link | None = None
@@ -101,7 +106,7 @@ class TrackingSite:
             if link.expired(datetime.now(UTC)):
                 metrics.lookups.labels("expired").inc()
                 return self._page(410, _locale(q.get("lang"), request), form={},
-                                  message="This link has expired. Enter your order number to see your order.")
+                                  message=MESSAGES["expired"])
         order_id = link.order_id if link else q["order"].strip()
         if not routed and (owner := self._owner(order_id)) is not None:
             return await self._forward(owner, request)
@@ -120,7 +125,7 @@ class TrackingSite:
     def _not_found(self, request: web.Request) -> web.Response:
         metrics.lookups.labels("not_found").inc()
         return self._page(404, _locale(request.query.get("lang"), request), form={},
-                          message=NOT_FOUND)
+                          message=MESSAGES["not_found"])
 
     def _page(self, status: int, locale: str, *, form: dict[str, str] | None = None,
               view: dict[str, Any] | None = None, message: str = "", timezone: str = "UTC",
@@ -182,7 +187,7 @@ class TrackingSite:
         link = self._link(token)
         locale = _locale(request.query.get("lang"), request)
         if link is None:
-            return self._page(404, locale, form={}, message=NOT_FOUND)
+            return self._page(404, locale, form={}, message=MESSAGES["not_found"])
         if request.method == "POST":
             await self._record("notification.unsubscribed", link)
             return web.Response(text=_unsubscribed(locale), content_type="text/html", headers=SECURITY_HEADERS)

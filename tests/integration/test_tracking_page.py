@@ -27,6 +27,7 @@ from tests.integration.kafka_io import produce, read_all
 from worker import codec, settings as settings_module
 from worker.broker import free_port
 from worker.domain import links
+from worker.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +120,9 @@ def site(kafka, tmp_path_factory) -> Iterator[Site]:
                                           source="urn:test", time=NOW, data=data)
             records.append((topics[topic], ORDER.encode(), value, headers))
         asyncio.run(produce(s.settings.kafka_bootstrap, records))
-        assert wait_for(lambda: s.get(f"/track?order={ORDER}&email={EMAIL}")[0] == 200, timeout=60)
+        # Every event read: both parcels as far as their last scans.
+        assert wait_for(lambda: sections(s.get(f"/track?order={ORDER}&email={EMAIL}")[1]) == {
+            f"{ORDER}-1": "out_for_delivery", f"{ORDER}-2": "in_transit"}, timeout=60)
         yield s
     finally:
         stack.stop()
@@ -145,17 +148,22 @@ def test_the_order_is_found_by_email_or_phone_digits_on_either_worker(site):
     assert status == 200 and "Out for delivery" in html and "Parcel 2 of 2" in html
 
 
-def test_the_notification_link_opens_the_page_and_counts_a_click(site):
+def confirmation_link(site: Site) -> tuple[str, dict]:
+    """The path of the signed link in the order's confirmation email, and the command."""
     def confirmation() -> dict | None:
         found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.dispatch("email")))
         return next((orjson.loads(r.value) for r in found if orjson.loads(r.value)["kind"] == "order_confirmed"), None)
 
     command = wait_for(confirmation, timeout=60)
     assert command, "no order confirmation was dispatched"
+    return command["tracking_url"].removeprefix(site.settings.public_url.rstrip("/")), command
+
+
+def test_the_notification_link_opens_the_page_and_counts_a_click(site):
+    path, command = confirmation_link(site)
     url = command["tracking_url"]
     assert ORDER not in url and EMAIL not in url  # the link names no order and no address
     assert f'src="{url.replace("/c/", "/o/")}.gif"' in command["content"]["html"]  # the open pixel
-    path = url.removeprefix(site.settings.public_url.rstrip("/"))
     for port in site.ports:
         status, html = site.get(path, port)  # /c/… answers 303 to the page, which urllib follows
         assert status == 200 and sections(html)[f"{ORDER}-1"] == "out_for_delivery"
@@ -168,6 +176,63 @@ def test_the_notification_link_opens_the_page_and_counts_a_click(site):
 
     assert wait_for(lambda: len(clicks()) == 2, timeout=30), clicks()
     assert {c["kind"] for c in clicks()} == {"order_confirmed"} and EMAIL not in str(clicks())
+
+
+def test_a_customer_follows_the_split_order_in_a_browser(site):
+    """Headless Chromium (Debian's) on the real page: the form, both parcels' progress and
+    timelines, the language switch, the signed link; screenshots kept in tests/artifacts/."""
+    from babel.dates import format_datetime
+    from playwright.sync_api import sync_playwright
+    from zoneinfo import ZoneInfo
+
+    artifacts = PROJECT_ROOT / "tests" / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    owner, other = site.owner_and_other()
+    link_path, _ = confirmation_link(site)
+    shanghai = ZoneInfo("Asia/Shanghai")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page(locale="zh-CN", java_script_enabled=False)
+            # The worker that does not own the order: it asks the owner.
+            page.goto(f"http://127.0.0.1:{other}/track")
+            page.get_by_label("订单号").fill(ORDER)
+            page.get_by_label("邮箱").fill(EMAIL)
+            page.get_by_role("button", name="查询").click()
+            assert page.locator("section.shipment").count() == 2
+            first, second = (page.locator(f'section[data-shipment="{ORDER}-{n}"]') for n in (1, 2))
+            assert first.locator("ol.progress li.done").count() == 4
+            assert first.locator('[aria-current="step"]').inner_text() == "派送中"
+            assert second.locator('[aria-current="step"]').inner_text() == "运输中"
+            scans = [("OUT_FOR_DELIVERY", -2), ("ARRIVED_AT_DESTINATION", -8), ("IN_TRANSIT", -20), ("PICKED_UP", -28),
+                 ("LABEL_CREATED", -29)]
+            timeline = first.locator("ol.timeline li")
+            assert [li.get_attribute("data-milestone") for li in timeline.all()] == [m for m, _ in scans]
+            for li, (_, hours) in zip(timeline.all(), scans):
+                local = format_datetime(NOW + timedelta(hours=hours), "medium", tzinfo=shanghai, locale="zh_CN")
+                assert li.locator("time").inner_text() == local  # the customer's own timezone
+            assert "上海" in first.inner_text() or "Shanghai" in first.inner_text()
+            assert "包裹 2 / 2" in second.inner_text()
+            assert "预计送达" in first.locator("p.expected").inner_text()
+            page.screenshot(path=str(artifacts / "tracking-page-zh-CN.png"), full_page=True)
+
+            page.get_by_role("link", name="繁體中文").click()
+            assert page.locator("html").get_attribute("lang") == "zh-TW"
+            assert first.locator('[aria-current="step"]').inner_text() == "配送中"
+            page.get_by_role("link", name="English").click()
+            assert first.locator('[aria-current="step"]').inner_text() == "Out for delivery"
+            assert "Parcel 1 of 2" in first.inner_text()
+            page.screenshot(path=str(artifacts / "tracking-page-en.png"), full_page=True)
+
+            # The confirmation email's link opens the page already verified.
+            opened = browser.new_page(locale="en-US")
+            opened.goto(f"http://127.0.0.1:{owner}{link_path}")
+            assert "/track?t=" in opened.url
+            assert opened.locator("section.shipment").count() == 2
+            assert opened.locator("html").get_attribute("lang") == "zh-CN"  # the order's own language
+        finally:
+            browser.close()
+    assert (artifacts / "tracking-page-en.png").stat().st_size > 10_000
 
 
 def test_wrong_unknown_forged_and_expired_lookups_reveal_nothing(site):

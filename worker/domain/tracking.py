@@ -72,6 +72,8 @@ def _parcel_view(state: OrderState, p: Shipment, number: int, now: datetime, rul
                 if any(RANK[m] <= reached for m in covers)), default=0)
     timeline = [{"at": c[0], "milestone": c[1], "detail": c[2], "place": c[3] if len(c) > 3 else ""}
                 for c in reversed(p.checkpoints) if c[1]]
+    if p.label_at and not p.times("LABEL_CREATED"):  # the shop's label: the journey's start
+        timeline.append({"at": p.label_at, "milestone": "LABEL_CREATED", "detail": None, "place": ""})
     return {
         "number": number,
         "shipment_id": p.shipment_id,
@@ -104,7 +106,7 @@ def _expected(state: OrderState, p: Shipment, now: datetime, rules: Rules,
         if None not in ends:
             early, late = sorted(e for e in ends if e)
             window = [max(early, stamp(now)), max(late, stamp(now))]
-    elif promise:
+    if window is None and promise:  # nothing learned yet about the lane: the shop's promise
         window = [stamp(promise), stamp(promise)]
     told = state.delays.get(p.shipment_id, 0)
     if window and promise and not told:

@@ -1,0 +1,175 @@
+"""The tracking page's pure parts: who may see an order, what the page shows, signed links,
+the guess limiter, and the engagement figures."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from babel.messages.pofile import read_po
+
+from tests.unit.stories import ORDER, RULES, at, created, paid, scan, shipped
+from worker.domain import engagement, links, order, tracking
+from worker.domain.clock import stamp
+from worker.domain.customer import CustomerState, engaged, route
+from worker.domain.limiter import Buckets
+from worker.domain.notification import Intent
+
+SECRET = "test-secret-of-some-length"
+
+
+def state(*events) -> order.OrderState:
+    s = None
+    for event in events:
+        s = order.apply(s, event, received_at=event.time).state
+    assert s is not None
+    return s
+
+
+SPLIT = (created(promised_delivery_by=at(72).isoformat()), paid(), shipped(5, "P1"), shipped(6, "P2"),
+         scan(8, "PICKED_UP", "P1"), scan(20, "IN_TRANSIT", "P1"), scan(30, "OUT_FOR_DELIVERY", "P1"),
+         scan(9, "PICKED_UP", "P2"), scan(33, "DELIVERED", "P2"))
+
+
+@pytest.mark.parametrize(("email", "phone4", "ok"), [
+    ("zw@example.cn", "", True),
+    ("  ZW@Example.CN ", "", True),  # as people type it
+    ("", "0000", True),
+    ("other@example.cn", "", False),
+    ("", "1234", False),
+    ("", "000", False),  # not four digits
+    ("", "", False),
+    ("zw@example.cn".replace("zw", ""), "", False),
+])
+def test_an_order_opens_with_its_email_or_its_phone_digits_only(email, phone4, ok):
+    assert tracking.verified(state(*SPLIT), email, phone4) is ok
+
+
+def test_an_unknown_order_is_never_verified():
+    assert not tracking.verified(None, "zw@example.cn", "0000")
+    no_contact = state(created(customer={"id": "CU-9", "locale": "en", "timezone": "UTC"}))
+    assert not tracking.verified(no_contact, "", "")
+
+
+def test_the_view_shows_each_parcel_progress_and_timeline_newest_first():
+    view = tracking.view(state(*SPLIT), at(34), RULES)
+    first, second = view["shipments"]
+    assert (first["shipment_id"], first["step"], second["step"]) == ("P1", "out_for_delivery", "delivered")
+    assert [s["name"] for s in first["steps"] if s["done"]] == ["ordered", "shipped", "in_transit",
+                                                               "out_for_delivery"]
+    assert [c["milestone"] for c in first["timeline"]] == ["OUT_FOR_DELIVERY", "IN_TRANSIT", "PICKED_UP",
+                                                           "LABEL_CREATED"]
+    assert second["delivered_at"] and second["window"] is None
+    # Nothing learned of the lane yet: the shop's promise is the expected date.
+    assert first["window"] == [stamp(at(72))] * 2 and first["days_late"] == 0
+    assert view["shop"] == "星河小铺" and view["timezone"] == "Asia/Shanghai"
+
+
+def test_a_parcel_running_late_says_by_how_much():
+    late = state(created(promised_delivery_by=at(24).isoformat()), paid(), shipped(5),
+                 scan(8, "PICKED_UP"))
+    late.delays["P1"] = 2  # a delay notice told two days
+    [parcel] = tracking.view(late, at(30), RULES)["shipments"]
+    assert parcel["days_late"] == 2 and parcel["window"][0] >= stamp(at(24) + timedelta(days=2))
+
+
+def test_a_signed_link_reads_back_and_cannot_be_altered_or_forged():
+    link = links.Link("SO-1", "CU-1", "ntf-1", "shipped", "email", "B", int(at(24).timestamp()))
+    token = links.sign(link, SECRET)
+    assert links.read(token, SECRET) == link
+    assert not link.expired(at(23)) and link.expired(at(24))
+    facts, mac = token.split(".")
+    altered = links.sign(links.Link("SO-2", "CU-1", "ntf-1", "shipped", "email", "B", link.expires), SECRET)
+    for bad in (f"{altered.split('.')[0]}.{mac}", links.sign(link, "another-secret-entirely"), facts,
+                "", ".", "a.b", token + "x", f"{facts}.{mac[:-2]}"):
+        with pytest.raises(links.Forged):
+            links.read(bad, SECRET)
+    assert "SO-1" not in token and "@" not in token
+
+
+def test_guesses_are_limited_per_client_and_come_back_with_time():
+    buckets = Buckets(per_minute=10, burst=10)
+    assert all(buckets.take("1.2.3.4", 0.0) for _ in range(10))
+    assert not buckets.take("1.2.3.4", 1.0) and buckets.retry_after("1.2.3.4") >= 1
+    assert buckets.take("5.6.7.8", 1.0)  # another client is not held back
+    assert buckets.take("1.2.3.4", 7.0)  # one try back every six seconds
+    buckets.refund("1.2.3.4")  # a lookup that found its order costs nothing
+    assert buckets.take("1.2.3.4", 7.0) and not buckets.take("1.2.3.4", 7.0)
+
+
+def test_the_limiter_forgets_the_oldest_clients_first():
+    buckets = Buckets(per_minute=1, burst=1, keys=2)
+    buckets.take("a", 0.0), buckets.take("b", 0.0), buckets.take("c", 0.0)
+    assert buckets.take("a", 0.0)  # forgotten, so a fresh bucket
+
+
+def test_figures_add_up_across_partitions_with_rates():
+    first = engagement.count(engagement.count(None, "notification.sent"), "notification.clicked")
+    second = engagement.count(engagement.count(None, "notification.sent"), "notification.opened")
+    key = engagement.key({"kind": "shipped", "channel": "email", "variant": "A"})
+    [row] = engagement.summary([(key, first), (key, second)])
+    assert row == {"kind": "shipped", "channel": "email", "variant": "A", "sent": 2, "failed": 0,
+                   "delivered": 0, "opened": 1, "clicked": 1, "bounced": 0, "unsubscribed": 0,
+                   "opened_rate": 0.5, "clicked_rate": 0.5, "bounced_rate": 0.0}
+    assert engagement.key({"kind": "shipped", "channel": "sms"}) == "shipped|sms|-"
+
+
+def news() -> Intent:
+    return Intent(notification_id="ntf-1", kind="shipped", priority="transactional", order_id="O-1",
+                  customer_id="CU-1", created_at="2026-11-02T00:00:00+00:00", caused_by=["e1"],
+                  received_at="2026-11-02T00:00:00+00:00", channels=["email", "sms"],
+                  facts={"customer": {"id": "CU-1", "email": "li@example.cn", "phone": "+8613800000000",
+                                      "locale": "zh-CN", "timezone": "Asia/Shanghai"}})
+
+
+NOW = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def test_an_unsubscribe_click_ends_marketing():
+    customer = CustomerState("CU-1")
+    engaged(customer, "notification.unsubscribed", {"channel": "email"}, NOW, RULES)
+    assert customer.preferences(NOW)["marketing_opt_in"] is False
+
+
+def test_bounces_stop_email_until_a_new_address_comes():
+    customer = CustomerState("CU-1")
+    for _ in range(RULES.policy.bounce_limit - 1):
+        engaged(customer, "notification.bounced", {"channel": "email"}, NOW, RULES)
+    engaged(customer, "notification.opened", {"channel": "email"}, NOW, RULES)  # it arrives after all
+    engaged(customer, "notification.bounced", {"channel": "email"}, NOW, RULES)
+    assert route(news(), customer.preferences(NOW), RULES)[0].channel == "email"
+    for _ in range(RULES.policy.bounce_limit - 1):
+        engaged(customer, "notification.bounced", {"channel": "email"}, NOW, RULES)
+    assert route(news(), customer.preferences(NOW), RULES)[0].channel == "sms"
+    hard = CustomerState("CU-2")
+    engaged(hard, "notification.bounced", {"channel": "email", "bounce_type": "hard"}, NOW, RULES)
+    assert route(news(), hard.preferences(NOW), RULES)[0].channel == "sms"
+    from worker.domain.customer import update_preferences
+    later = NOW + timedelta(hours=1)
+    update_preferences(hard, {"email": "new@example.cn"}, later)
+    assert route(news(), hard.preferences(later), RULES)[0].recipient == {"email": "new@example.cn"}
+
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "worker" / "render" / "templates"
+LOCALE = TEMPLATES.parent / "locale"
+
+
+@pytest.mark.parametrize("catalog", ["zh_CN", "zh_TW"])
+@pytest.mark.parametrize("template", ["track.html.j2", "unsubscribe.html.j2"])
+def test_every_string_of_the_pages_is_translated(catalog, template):
+    strings = set(re.findall(r'_\("((?:[^"\\]|\\.)*)"', (TEMPLATES / template).read_text()))
+    strings |= set(re.findall(r"_\('([^']*)'", (TEMPLATES / template).read_text()))
+    with (LOCALE / catalog / "LC_MESSAGES" / "messages.po").open("rb") as fp:
+        translated = {m.id for m in read_po(fp) if m.id and m.string}
+    assert strings and not strings - translated
+
+
+@pytest.mark.parametrize("catalog", ["zh_CN", "zh_TW"])
+def test_every_message_of_the_tracking_site_is_translated(catalog):
+    from worker import tracking_site
+
+    with (LOCALE / catalog / "LC_MESSAGES" / "messages.po").open("rb") as fp:
+        translated = {m.id for m in read_po(fp) if m.id and m.string}
+    assert set(tracking_site.MESSAGES.values()) <= translated
