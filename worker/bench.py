@@ -143,10 +143,13 @@ async def _wait_for(settings: Settings, count: int, timeout: float = 600) -> lis
         await consumer.stop()
 
 
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
 def _write(lines: list[str], how: str) -> None:
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     write_block(PROJECT_ROOT / "docs" / "performance.md", "bench:senders", "Senders",
-                f"`{how}` on {machine}, {datetime.now(UTC):%Y-%m-%d}:", lines)
+                f"`{how}` on {machine()}, {datetime.now(UTC):%Y-%m-%d}:", lines)
 
 
 _FACTS = {"shop": {"name": "熊猫优选"}, "customer": {"name": "李雷"}, "order_id": "SO-1",

@@ -43,10 +43,13 @@ def main(argv: list[str] | None = None) -> int:
                                "truth, print the figures and write them to docs/prediction.md")
     bench = commands.add_parser("bench", help="throughput and latency figures, written to "
                                 "docs/performance.md")
-    bench.add_argument("scenario", choices=["senders"], help="what to measure")
-    bench.add_argument("--backlog", type=int, default=20_000, help="notifications queued at once")
-    bench.add_argument("--rate", type=float, default=500, help="steady notifications per second")
+    bench.add_argument("scenario", choices=["senders", "page"],
+                       help="senders: notifications a second; page: tracking-page lookups")
+    bench.add_argument("--backlog", type=int, default=20_000, help="senders: notifications queued at once")
+    bench.add_argument("--rate", type=float, default=500, help="senders: steady notifications per second")
     bench.add_argument("--seconds", type=float, default=20, help="how long the steady run lasts")
+    bench.add_argument("--orders", type=int, default=2_000, help="page: orders to look up")
+    bench.add_argument("--concurrency", type=int, default=200, help="page: lookups in flight")
     args = parser.parse_args(argv)
 
     try:
@@ -73,10 +76,13 @@ async def _prepare(settings: Settings, what: str) -> None:
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
     from faust.worker import Worker
 
     from worker.stream import build_app
 
+    # uvloop under Faust too: the event loop's own share of the worker's CPU halves.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(_prepare(settings, "worker"))
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
@@ -124,6 +130,10 @@ def run_sinks(settings: Settings, args: argparse.Namespace) -> int:
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     from worker import bench
 
+    if args.scenario == "page":
+        from worker import bench_page
+
+        return bench_page.run(settings, args.orders, args.concurrency, args.seconds)
     return bench.run(settings, args.backlog, args.rate, args.seconds)
 
 

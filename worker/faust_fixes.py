@@ -1,5 +1,5 @@
-"""Fixes to faust-streaming (0.11–0.15) that the worker's at-least-once guarantee depends
-on, applied once at start. All three were found by ``tests/integration/test_scale_out.py``:
+"""Fixes to faust-streaming (0.11–0.15), applied once at start. The first three are what
+the worker's at-least-once guarantee depends on. All three were found by ``tests/integration/test_scale_out.py``:
 with two workers, one stopping mid-stream, 3 to 12 of 600 confirmations were lost.
 
 1. A stream skips the events it fetched before a rebalance (their generation is over, or
@@ -21,14 +21,21 @@ with two workers, one stopping mid-stream, 3 to 12 of 600 confirmations were los
    treat a jump in offsets as a gap left by compaction, goes too: on a compacted input a
    commit may then wait at such a gap, which repeats some work after a restart and loses
    nothing.
+
+And one for the web server: 4. Faust listens with aiohttp's default backlog of 128
+connections, so a burst of new clients (200 at once in ``notifier bench page``) overflows
+it and the kernel makes the rest wait a second or three for their SYN to be retried. Here
+the backlog is 1024.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from aiohttp.web import TCPSite
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
+from faust.web.drivers.aiohttp import Web as WebDriver
 
 _faust_ack = Consumer.ack
 _faust_flush_atmost = ProducerBuffer.flush_atmost
@@ -61,7 +68,14 @@ def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
     self._read_offset = _NoReadMark()
 
 
+def _tcp_site(self: Any) -> TCPSite:
+    conf = self.app.conf
+    return TCPSite(self._runner, conf.web_bind, conf.web_port, ssl_context=conf.web_ssl_context,
+                   backlog=1024)
+
+
 def apply() -> None:
+    WebDriver._new_transport_tcp = _tcp_site  # type: ignore[method-assign]
     Consumer.ack = _ack  # type: ignore[method-assign]
     Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
     ProducerBuffer.flush = _flush  # type: ignore[method-assign]

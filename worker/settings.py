@@ -71,6 +71,7 @@ class Settings:
     link_secret: str = "dev-link-secret-change-me"  # signs tracking links (HMAC): a secret
     link_ttl_days: int = 60  # a notification's links open the order this long after it
     lookups_per_minute: int = 10  # tracking-page lookups a client address may try
+    page_cache_size: int = 2000  # tracking pages kept rendered (about 5 KB each); 0: none
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -31,12 +32,14 @@ from xml.etree import ElementTree
 
 import aiohttp
 import faust
+import orjson
 from aiohttp import web
 from faust.web import View
 
 from worker import metrics
 from worker.domain import engagement, links, tracking
 from worker.domain.limiter import Buckets
+from worker.domain.order import OrderState
 from worker.render import catalog_locale, page, translate
 
 if TYPE_CHECKING:
@@ -69,6 +72,7 @@ class TrackingSite:
         self.secret = self.settings.link_secret
         self.guesses = Buckets(self.settings.lookups_per_minute, self.settings.lookups_per_minute)
         self.http: aiohttp.ClientSession | None = None
+        self.pages = Recent(self.settings.page_cache_size)  # by the order's state and the request
 
     def register(self, app: faust.App) -> None:
         for path, get, post in (
@@ -110,34 +114,43 @@ class TrackingSite:
         order_id = link.order_id if link else q["order"].strip()
         if not routed and (owner := self._owner(order_id)) is not None:
             return await self._forward(owner, request)
-        state = self.pipeline.order_state(order_id)
+        saved = self.pipeline.orders.get(order_id.encode())
+        state = OrderState.from_dict(orjson.loads(saved)) if saved else None
         if state is None or state.order is None or (link is None and not tracking.verified(
                 state, q.get("email", ""), q.get("phone4", ""))):
             return self._not_found(request)
         # A lookup that found its order costs the client nothing.
         self.guesses.refund(client)
         metrics.lookups.labels("found").inc()
-        view = tracking.view(state, self.pipeline.now_for(order_id), self.pipeline.rules,
-                             self.pipeline.lanes_of)
-        return self._page(200, _locale(q.get("lang") or view["locale"], request), view=view,
-                          timezone=view["timezone"], query=q)
+        now = self.pipeline.now_for(order_id)
+        # The page of an order changes with its state and the minute (the expected window
+        # never starts in the past): customers refreshing it get it from memory.
+        key = (saved, request.query_string, request.headers.get("accept-language", ""),
+               int(now.timestamp()) // 60)
+        if (html := self.pages.get(key)) is None:
+            view = tracking.view(state, now, self.pipeline.rules, self.pipeline.lanes_of)
+            html = self._html(_locale(q.get("lang") or view["locale"], request), view=view,
+                              timezone=view["timezone"], query=q)
+            self.pages.put(key, html)
+        return _html_response(200, html)
 
     def _not_found(self, request: web.Request) -> web.Response:
         metrics.lookups.labels("not_found").inc()
         return self._page(404, _locale(request.query.get("lang"), request), form={},
                           message=MESSAGES["not_found"])
 
-    def _page(self, status: int, locale: str, *, form: dict[str, str] | None = None,
+    def _page(self, status: int, locale: str, **context: Any) -> web.Response:
+        return _html_response(status, self._html(locale, **context))
+
+    def _html(self, locale: str, *, form: dict[str, str] | None = None,
               view: dict[str, Any] | None = None, message: str = "", timezone: str = "UTC",
-              query: Any = None) -> web.Response:
+              query: Any = None) -> str:
         keep = {k: v for k, v in (query or {}).items() if k in ("t", "order", "email", "phone4")}
         switch = {code: "/track?" + urlencode({**keep, "lang": code}) for code, _ in LANGUAGES}
-        html = page("track.html.j2", locale, timezone, {
+        return page("track.html.j2", locale, timezone, {
             "view": view, "form": {"order": "", "email": "", **(form or {})},
             "message": translate(locale, message) if message else "",
             "languages": LANGUAGES, "switch": switch, "inbox": []})
-        return web.Response(text=html, status=status, content_type="text/html", charset="utf-8",
-                            headers=SECURITY_HEADERS)
 
     def _owner(self, order_id: str) -> str | None:
         """The URL of the worker that owns the order's partition; None when it is this one."""
@@ -267,6 +280,31 @@ class TrackingSite:
         return web.json_response({"figures": engagement.summary(
             (key.split("|", 1)[1], figures) for key, figures in self.pipeline.engagement_figures.items()),
                                   "as_of": datetime.now(UTC).isoformat()})
+
+
+def _html_response(status: int, html: str) -> web.Response:
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8",
+                        headers=SECURITY_HEADERS)
+
+
+class Recent:
+    """The latest ``size`` entries, the least recently used forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._entries = size, OrderedDict[Any, str]()
+
+    def get(self, key: Any) -> str | None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        return None
+
+    def put(self, key: Any, value: str) -> None:
+        if not self.size:
+            return
+        self._entries[key] = value
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 def _view(path: str, get: Callable[..., Awaitable[Any]] | None,

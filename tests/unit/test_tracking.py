@@ -160,7 +160,7 @@ LOCALE = TEMPLATES.parent / "locale"
 @pytest.mark.parametrize("template", ["track.html.j2", "unsubscribe.html.j2"])
 def test_every_string_of_the_pages_is_translated(catalog, template):
     strings = set(re.findall(r'_\("((?:[^"\\]|\\.)*)"', (TEMPLATES / template).read_text()))
-    strings |= set(re.findall(r"_\('([^']*)'", (TEMPLATES / template).read_text()))
+    strings |= set(re.findall(r'\bw\["([^"]*)"\]', (TEMPLATES / template).read_text()))
     with (LOCALE / catalog / "LC_MESSAGES" / "messages.po").open("rb") as fp:
         translated = {m.id for m in read_po(fp) if m.id and m.string}
     assert strings and not strings - translated

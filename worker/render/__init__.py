@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
-from babel import dates, numbers
+from babel import Locale, dates, numbers
 from babel.messages.pofile import read_po
 from markupsafe import Markup
 
@@ -125,20 +125,36 @@ def _environment(locale: str, timezone: str, html: bool) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # templates ship with the code; no file check on every render
     )
     env.install_gettext_translations(_translations(locale), newstyle=True)  # type: ignore[attr-defined]
-    zone = _zone(timezone)
-    env.filters["date"] = lambda value: dates.format_date(_at(value, zone), "long", locale=locale)
-    env.filters["datetime"] = lambda value: dates.format_datetime(
-        _at(value, zone), "medium", tzinfo=zone, locale=locale
-    )
+    zone, babel_locale = _zone(timezone), Locale.parse(locale)
+    # Cached: a parcel's times come back on every message and every look at its page.
+    env.filters["date"] = functools.lru_cache(4096)(
+        lambda value: dates.format_date(_at(value, zone), "long", locale=babel_locale))
+    env.filters["datetime"] = functools.lru_cache(4096)(
+        lambda value: dates.format_datetime(_at(value, zone), "medium", tzinfo=zone, locale=babel_locale))
     env.filters["money"] = lambda m: numbers.format_currency(
         Decimal(m["amount"]), m["currency"], locale=locale
     )
     env.filters["carrier"] = lambda slug: CARRIER_NAMES.get(slug, {}).get(
         locale, CARRIER_NAMES.get(slug, {}).get("en", slug))
     env.globals["locale"] = locale
+    env.globals["w"] = _Words(_translations(locale))
     return env
+
+
+class _Words(dict[str, str]):
+    """``w["Tracking history"]``: a fixed string, translated once per language (a page
+    renders thousands of times; the i18n extension's ``_()`` costs a call each time)."""
+
+    def __init__(self, translations: gettext.NullTranslations) -> None:
+        super().__init__()
+        self.translations = translations
+
+    def __missing__(self, message: str) -> str:
+        self[message] = self.translations.gettext(message)
+        return self[message]
 
 
 def _zone(name: str) -> ZoneInfo:
