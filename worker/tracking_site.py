@@ -20,6 +20,7 @@ so the owner knows it comes from a worker and the client was already rate limite
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import time
 import uuid
@@ -40,6 +41,7 @@ from worker import metrics
 from worker.domain import engagement, links, tracking
 from worker.domain.limiter import Buckets
 from worker.domain.order import OrderState
+from worker.domain.sms import twilio_signature
 from worker.render import catalog_locale, page, translate
 
 if TYPE_CHECKING:
@@ -226,8 +228,14 @@ class TrackingSite:
     # -- providers' callbacks ---------------------------------------------------------
 
     async def sms_status(self, request: web.Request) -> web.Response:
-        """Twilio's StatusCallback: delivered, or undelivered/failed (a bounce)."""
+        """Twilio's StatusCallback: delivered, or undelivered/failed (a bounce). Signed by
+        Twilio with the account's auth token over the URL it called and the form."""
         form = await request.post()
+        url = self.settings.public_url.rstrip("/") + request.path_qs
+        expected = twilio_signature(self.settings.sms_auth_token, url, {k: str(v) for k, v in form.items()})
+        if not hmac.compare_digest(request.headers.get("X-Twilio-Signature", ""), expected):
+            metrics.lookups.labels("forged").inc()
+            return web.Response(status=403)
         link = self._link(request.query.get("l", ""))
         status = str(form.get("MessageStatus", ""))
         event_type = {"delivered": "notification.delivered", "undelivered": "notification.bounced",

@@ -46,6 +46,8 @@ class Stack:
             "NOTIFIER_OUTBOX": str(self.outbox),
             "NOTIFIER_DATA_DIR": str(workdir / "data"),
             "NOTIFIER_WEB_PORT": str(self.web_port),
+            # Links in notifications and the providers' callbacks lead to this test's worker.
+            "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{self.web_port}",
             "NOTIFIER_SENDERS_WEB_PORT": str(free_port()),
             "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
             "NOTIFIER_SMTP_PORT": str(free_port()),

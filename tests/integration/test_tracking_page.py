@@ -9,7 +9,9 @@ probed with wrong, forged, expired and brute-forced lookups. Then 1,000 clicks b
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -101,6 +103,7 @@ def site(kafka, tmp_path_factory) -> Iterator[Site]:
     stack = Stack(kafka, workdir)
     stack.without_quiet_hours()
     second_port = free_port()
+    stack.start("sinks")
     stack.start("worker")
     stack.start("worker", name="worker-b", NOTIFIER_WEB_PORT=str(second_port),
                 NOTIFIER_ADVERTISED_URL=f"http://127.0.0.1:{second_port}",
@@ -298,3 +301,48 @@ def test_a_thousand_clicks_become_a_thousand_engagement_events_and_the_figures(s
     expected = {("shipped", "email", "A"): 600, ("delivered", "sms", "B"): 400}
     for port in site.ports:  # every worker answers for the whole stream
         assert wait_for(lambda: figures(port) == expected, timeout=60), figures(port)
+
+
+def test_an_sms_delivery_receipt_counts_and_a_forged_one_is_refused(site):
+    settings, public = site.settings, site.settings.public_url.rstrip("/")
+    token = links.sign(links.Link(ORDER, "C-TRACK-1", "ntf-sms-receipt", "out_for_delivery", "sms", "",
+                                  int((NOW + timedelta(days=1)).timestamp())), settings.link_secret)
+    account = f"{settings.sms_account_sid}:{settings.sms_auth_token}".encode()
+
+    async def send_sms() -> int:
+        # What the SMS sender does: the message, with a StatusCallback to the worker.
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                    f"{settings.sms_url}/2010-04-01/Accounts/{settings.sms_account_sid}/Messages.json",
+                    data={"To": PHONE, "From": settings.sms_from, "Body": "Out for delivery",
+                          "StatusCallback": f"{public}/callbacks/sms?n=ntf-sms-receipt&l={token}"},
+                    headers={"Authorization": "Basic " + base64.b64encode(account).decode()}) as answer:
+                return answer.status
+
+    assert asyncio.run(send_sms()) == 201
+
+    def receipts() -> list[dict]:
+        found = asyncio.run(read_all(settings.kafka_bootstrap, settings.topics.engagement))
+        return [orjson.loads(r.value) for r in found if orjson.loads(r.value)["notification_id"] == "ntf-sms-receipt"]
+
+    assert wait_for(lambda: receipts(), timeout=30)
+    [receipt] = receipts()
+    assert (receipt["provider_status"], receipt["channel"], receipt["kind"]) == ("delivered", "sms", "out_for_delivery")
+    assert PHONE not in str(receipt)
+
+    async def forged() -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{public}/callbacks/sms?n=ntf-sms-receipt&l={token}",
+                                 data={"MessageSid": "SMx", "MessageStatus": "undelivered"},
+                                 headers={"X-Twilio-Signature": "bm90IHNpZ25lZA=="}) as answer:
+                return answer.status
+
+    assert asyncio.run(forged()) == 403
+    time.sleep(2)
+    assert len(receipts()) == 1
+
+    def delivered() -> int:
+        rows = orjson.loads(site.get("/stats")[1])["figures"]
+        return sum(r["delivered"] for r in rows if (r["kind"], r["channel"]) == ("out_for_delivery", "sms"))
+
+    assert wait_for(lambda: delivered() == 1, timeout=30)

@@ -8,6 +8,10 @@ UTF-16 units alone, 67 a part. Carriers bill per segment.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 GSM7_BASIC = frozenset(
@@ -33,3 +37,10 @@ def segments(text: str) -> Segments:
         single, part, encoding = 70, 67, "UCS-2"
     count = 1 if units <= single else -(-units // part)
     return Segments(encoding, units, count)
+
+
+def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
+    """``X-Twilio-Signature`` of a callback: HMAC-SHA1 (keyed by the account's auth token) of
+    the full URL followed by every POST parameter, name then value, sorted by name."""
+    payload = url + "".join(f"{name}{params[name]}" for name in sorted(params))
+    return base64.b64encode(hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()).decode()

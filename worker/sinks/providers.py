@@ -23,6 +23,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import random
 import secrets
 import time
@@ -32,12 +33,15 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import orjson
 from aiohttp import web
 
-from worker.domain.sms import segments
+from worker.domain.sms import segments, twilio_signature
 from worker.senders.sms import E164
 from worker.settings import Settings
+
+log = logging.getLogger("worker.sinks")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,6 +102,7 @@ def sms_app(settings: Settings, record: Record, faults: Faults) -> web.Applicati
         f"{settings.sms_account_sid}:{settings.sms_auth_token}".encode()).decode()
 
     taken: list[dict[str, Any]] = []  # what this sink accepted, for the list endpoint
+    callbacks: set[asyncio.Task[None]] = set()
 
     async def listing(request: web.Request) -> web.Response:
         """``GET …/Messages.json?To=…&DateSent>=…``: the messages taken, newest first."""
@@ -125,6 +130,13 @@ def sms_app(settings: Settings, record: Record, faults: Faults) -> web.Applicati
         record("sms", {"path": request.path, "to": to, "from": form.get("From"), "body": body,
                        "num_segments": count, "sid": sid,
                        "notification_id": (callback.get("n") or [None])[0]})
+        if form.get("StatusCallback"):
+            # Like Twilio, tell the sender's callback what became of the message, signed.
+            outcome = "undelivered" if to.endswith("9999") else "delivered"
+            callbacks.add(asyncio.create_task(_status_callback(
+                settings, str(form["StatusCallback"]), sid, to, outcome)))
+            callbacks_done = [t for t in callbacks if t.done()]
+            callbacks.difference_update(callbacks_done)
         return web.json_response({"sid": sid, "status": "queued", "to": to, "from": form.get("From"),
                                   "body": body, "num_segments": str(count)}, status=201)
 
@@ -132,6 +144,21 @@ def sms_app(settings: Settings, record: Record, faults: Faults) -> web.Applicati
     app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", messages)
     app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", listing)
     return app
+
+
+async def _status_callback(settings: Settings, url: str, sid: str, to: str, status: str) -> None:
+    """POST the message's final status to its StatusCallback a moment later, as Twilio does."""
+    await asyncio.sleep(0.2)
+    form = {"AccountSid": settings.sms_account_sid, "MessageSid": sid, "MessageStatus": status, "To": to}
+    if status == "undelivered":
+        form["ErrorCode"] = "30003"  # unreachable handset
+    headers = {"X-Twilio-Signature": twilio_signature(settings.sms_auth_token, url, form)}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.post(url, data=form, headers=headers) as answer:
+                await answer.read()
+    except (aiohttp.ClientError, TimeoutError):
+        log.info("status callback for %s not taken", sid)
 
 
 def push_app(settings: Settings, record: Record, faults: Faults) -> web.Application:
