@@ -58,6 +58,8 @@ def run(settings: Settings, *, orders: int, rate: float) -> int:
                                              stdout=log_file, stderr=subprocess.STDOUT))
         say(f"sinks inbox:  http://127.0.0.1:{settings.sinks_web_port}/  "
             f"(outbox file {settings.outbox})")
+        say(f"tracking:     {settings.public_url.rstrip('/')}/track (every message links to its order's "
+            f"page; engagement figures at /stats)")
         say(f"metrics:      http://127.0.0.1:{settings.web_port}/metrics (worker), "
             f"http://127.0.0.1:{settings.senders_web_port}/metrics (senders)")
         say(f"process logs: {DEV_DIR / 'logs'}/   Ctrl-C stops everything.")
