@@ -27,7 +27,10 @@ test-policy: install broker-jars
 	NOTIFIER_POLICY_ORDERS=5000 $(BIN)/pytest tests/integration/test_policy.py
 
 bench: install broker-jars
+	@command -v wrk >/dev/null || { echo "Installing Debian's wrk (the page benchmark's load generator)..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	$(BIN)/notifier bench senders
+	$(BIN)/notifier bench page
 
 install: $(STAMP)
 

@@ -76,13 +76,10 @@ async def _prepare(settings: Settings, what: str) -> None:
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    import uvloop
     from faust.worker import Worker
 
     from worker.stream import build_app
 
-    # uvloop under Faust too: the event loop's own share of the worker's CPU halves.
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(_prepare(settings, "worker"))
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
