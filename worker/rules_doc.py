@@ -57,6 +57,11 @@ def markdown(rules: Rules) -> str:
         "the customer's next channel, with the id `<id>-fallback`.",
         "- A tombstone on `customers.preferences` erases the customer: held notifications are "
         "suppressed (`erased`) and orders placed before it stay silent.",
+        f"- Engagement: an unsubscribe click ends marketing; a hard bounce, or {p.bounce_limit} "
+        "soft bounces in a row, stops email to that address until a new one comes.",
+        *(f"- `{r.kind}` by email not opened within {r.escalate.after_minutes:g} minutes goes "
+          f"again by {r.escalate.to} (the id `<id>-escalated`)."
+          for r in rules.kinds.values() if r.escalate),
         "",
         "High-value orders (total at or above "
         + ", ".join(f"{amount} {cur}" for cur, amount in high.thresholds.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -65,13 +66,26 @@ def test_opt_outs_erasure_and_a_bounced_email_falling_back(stack):
     failure = seen[(bounced, "notification.failed")]
     assert (failure["channel"], failure["reason"]) == ("email", "invalid_recipient")
     # The next channel the order's customer can be reached on: the in-app inbox.
-    inbox = asyncio.run(read_all(settings.kafka_bootstrap, settings.topics.dispatch("in_app")))
-    commands = [orjson.loads(r.value) for r in inbox]
+    def fallbacks() -> list[dict]:
+        inbox = asyncio.run(read_all(settings.kafka_bootstrap, settings.topics.dispatch("in_app")))
+        return [orjson.loads(r.value) for r in inbox]
+
+    # The failure has to reach the customer stage first.
+    commands = wait_for(fallbacks, timeout=30)
     assert [(c["order_id"], c["notification_id"]) for c in commands] == [
         (bounced, notification_id(bounced, "order_confirmed") + "-fallback")]
     others = set(customer) - {bounced, opted_out, erased}
     emails = {e["request"]["notification_id"] for e in stack.outbox_entries()}
     assert emails == {notification_id(o, "order_confirmed") for o in others}
+    # The outcomes are counted in the engagement figures, by kind, channel and variant.
+
+    def figures() -> tuple[int, int]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.web_port}/stats", timeout=5) as answer:
+            rows = [r for r in orjson.loads(answer.read())["figures"]
+                    if (r["kind"], r["channel"]) == ("order_confirmed", "email")]
+        return sum(r["sent"] for r in rows), sum(r["failed"] for r in rows)
+
+    assert wait_for(lambda: figures() == (len(others), 1), timeout=30), figures()
     # Both scrapes, after real traffic, pass Prometheus' own linter.
     assert promtool_check_metrics(stack.web_port) == ""
     assert promtool_check_metrics(int(stack.env["NOTIFIER_SENDERS_WEB_PORT"])) == ""

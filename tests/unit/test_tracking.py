@@ -173,3 +173,41 @@ def test_every_message_of_the_tracking_site_is_translated(catalog):
     with (LOCALE / catalog / "LC_MESSAGES" / "messages.po").open("rb") as fp:
         translated = {m.id for m in read_po(fp) if m.id and m.string}
     assert set(tracking_site.MESSAGES.values()) <= translated
+
+
+def failed_delivery() -> Intent:
+    return Intent(notification_id="ntf-df", kind="delivery_failed", priority="urgent", order_id="O-1",
+                  customer_id="CU-1", created_at=NOW.isoformat(), caused_by=["e1"],
+                  received_at=NOW.isoformat(), channels=["email", "sms"], shipment_id="P1",
+                  facts={"customer": {"id": "CU-1", "email": "li@example.cn", "phone": "+8613800000000",
+                                      "locale": "zh-CN", "timezone": "Asia/Shanghai"}})
+
+
+def test_an_unopened_failed_delivery_email_goes_again_by_sms():
+    from worker.domain.customer import Send, decide, release
+
+    customer = CustomerState("CU-1")
+    [sent] = decide(customer, failed_delivery(), NOW, RULES)
+    assert isinstance(sent, Send) and [r.channel for r in sent.routes] == ["email"]
+    after = RULES.kinds["delivery_failed"].escalate.after_minutes
+    assert customer.next_release == stamp(NOW + timedelta(minutes=after))
+    assert release(customer, NOW + timedelta(minutes=after - 1), RULES) == []
+    [again] = release(customer, NOW + timedelta(minutes=after), RULES)
+    assert isinstance(again, Send) and [(r.channel, r.notification_id) for r in again.routes] == [
+        ("sms", "ntf-df-escalated")]
+    assert customer.next_release is None  # once
+
+
+def test_an_opened_email_or_newer_news_cancels_the_escalation():
+    from worker.domain.customer import decide, release
+
+    opened = CustomerState("CU-1")
+    decide(opened, failed_delivery(), NOW, RULES)
+    engaged(opened, "notification.opened", {"notification_id": "ntf-df", "channel": "email"}, NOW, RULES)
+    assert release(opened, NOW + timedelta(days=1), RULES) == []
+    delivered = CustomerState("CU-1")
+    decide(delivered, failed_delivery(), NOW, RULES)
+    news = failed_delivery()
+    news.notification_id, news.kind, news.priority = "ntf-dl", "delivered", "transactional"
+    decide(delivered, news, NOW + timedelta(minutes=30), RULES)
+    assert not delivered.escalations

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from worker.domain.clock import stamp
 from worker.domain.plain import plain
 from worker.domain.notification import Intent
-from worker.domain.rules import Policy, Rules
+from worker.domain.rules import KindRule, Policy, Rules
 
 DECIDED_LIMIT = 200  # recent notification ids, to recognise a redelivered intent
 VERSIONS_LIMIT = 8  # preference updates kept apart; older ones are folded together
@@ -69,6 +69,8 @@ class CustomerState:
     # Set by a tombstone: everything above is gone, and orders placed before it stay silent.
     erased_at: str | None = None
     soft_bounces: int = 0  # in a row, since the last email that arrived
+    # Emails that go again on another channel unless opened: {"due", "id", "to", "intent"}
+    escalations: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CustomerState:
@@ -79,7 +81,7 @@ class CustomerState:
 
     @property
     def next_release(self) -> str | None:
-        return min((h["until"] for h in self.held), default=None)
+        return min([h["until"] for h in self.held] + [e["due"] for e in self.escalations], default=None)
 
     def preferences(self, now: datetime) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -109,13 +111,14 @@ def decide(state: CustomerState, intent: Intent, now: datetime, rules: Rules,
         return []
     actions: list[Action] = _supersede(state, intent, rules)
     actions.append(_judge(state, intent, now, rules, webhook_url))
-    _remember(state, actions, now)
+    _remember(state, actions, now, rules)
     return actions
 
 
 def release(state: CustomerState, now: datetime, rules: Rules,
             webhook_url: str = "") -> list[Action]:
-    """Held intents whose time has come, judged again against today's preferences."""
+    """Held intents whose time has come, judged again against today's preferences; and
+    unopened emails whose escalation is due, on their escalation channel."""
     when = stamp(now)
     due = sorted((h for h in state.held if h["until"] <= when),
                  key=lambda h: (h["until"], h["intent"]["created_at"]))
@@ -125,7 +128,15 @@ def release(state: CustomerState, now: datetime, rules: Rules,
         intent = Intent.from_dict(held["intent"])
         intent.not_before = stamp(now)  # the moment it really goes, not the one planned
         actions.append(_judge(state, intent, now, rules, webhook_url))
-        _remember(state, actions[-1:], now)
+        _remember(state, actions[-1:], now, rules)
+    unopened = [e for e in state.escalations if e["due"] <= when]
+    state.escalations = [e for e in state.escalations if e["due"] > when]
+    for escalation in unopened:
+        intent = Intent.from_dict(escalation["intent"])
+        intent.notification_id, intent.channels = f"{escalation['id']}-escalated", [escalation["to"]]
+        intent.fanout, intent.not_before = 1, stamp(now)
+        actions.append(_judge(state, intent, now, rules, webhook_url))
+        _remember(state, actions[-1:], now, rules)
     return actions
 
 
@@ -153,7 +164,7 @@ def fallback(state: CustomerState, failed_id: str, now: datetime, rules: Rules,
     intent.fanout = 1
     intent.not_before = stamp(now)
     actions = [_judge(state, intent, now, rules, webhook_url)]
-    _remember(state, actions, now)
+    _remember(state, actions, now, rules)
     return actions
 
 
@@ -172,6 +183,8 @@ def engaged(state: CustomerState, event_type: str, data: dict[str, Any], now: da
     elif event_type in ("notification.delivered", "notification.opened", "notification.clicked") \
             and data.get("channel") == "email":
         state.soft_bounces = 0
+    if event_type in ("notification.opened", "notification.clicked"):
+        state.escalations = [e for e in state.escalations if e["id"] != data.get("notification_id")]
 
 
 def erase(state: CustomerState, at: datetime) -> list[Action]:
@@ -222,20 +235,26 @@ def _supersede(state: CustomerState, intent: Intent, rules: Rules) -> list[Actio
     rule = rules.kinds.get(intent.kind)
     if rule is None or not rule.supersedes:
         return []
+    # An email waiting to escalate about news that is now stale goes nowhere.
+    state.escalations = [e for e in state.escalations if not _stale(e["intent"], intent, rule)]
     stale, kept = [], []
     for held in state.held:
-        old = held["intent"]
-        same_parcel = None in (old.get("shipment_id"), intent.shipment_id) or (
-            old.get("shipment_id") == intent.shipment_id)
-        if old["order_id"] == intent.order_id and same_parcel and old["kind"] in rule.supersedes:
-            stale.append(Suppress(Intent.from_dict(old), "superseded"))
+        if _stale(held["intent"], intent, rule):
+            stale.append(Suppress(Intent.from_dict(held["intent"]), "superseded"))
         else:
             kept.append(held)
     state.held = kept
     return list(stale)
 
 
-def _remember(state: CustomerState, actions: list[Action], now: datetime) -> None:
+def _stale(old: dict[str, Any], intent: Intent, rule: KindRule) -> bool:
+    """Does ``intent`` make the earlier news ``old`` stale (same order and parcel)?"""
+    same_parcel = None in (old.get("shipment_id"), intent.shipment_id) or (
+        old.get("shipment_id") == intent.shipment_id)
+    return old["order_id"] == intent.order_id and same_parcel and old["kind"] in rule.supersedes
+
+
+def _remember(state: CustomerState, actions: list[Action], now: datetime, rules: Rules) -> None:
     for action in actions:
         intent = action.intent
         if isinstance(action, Hold):
@@ -247,6 +266,13 @@ def _remember(state: CustomerState, actions: list[Action], now: datetime) -> Non
             state.sent.append([stamp(now), intent.priority, intent.order_id,
                                action.routes[0].notification_id])
             used = {r.channel for r in action.routes}
+            escalate = rules.kinds[intent.kind].escalate if intent.kind in rules.kinds else None
+            email = next((r for r in action.routes if r.channel == "email"), None)
+            if escalate and email and escalate.to not in used and not intent.notification_id.endswith(
+                    ("-escalated", "-fallback")):
+                state.escalations.append({
+                    "due": stamp(now + timedelta(minutes=escalate.after_minutes)),
+                    "id": email.notification_id, "to": escalate.to, "intent": plain(intent)})
             if any(c not in used for c in intent.channels):
                 state.delivering = [*state.delivering[-(DELIVERING_LIMIT - 1):], {
                     "at": stamp(now), "intent": plain(intent),

@@ -20,6 +20,15 @@ class RulesError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Escalation:
+    """An email of the kind not opened (nor clicked) within ``after_minutes`` goes again on
+    ``to``: a customer who missed "delivery failed" in their inbox gets an SMS."""
+
+    after_minutes: float
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
 class KindRule:
     kind: str
     enabled: bool
@@ -32,6 +41,7 @@ class KindRule:
     trigger: str = ""
     timing: str = ""
     variants: tuple[str, ...] = ()  # an A/B test of the kind's wording
+    escalate: Escalation | None = None  # an email nobody opened is followed on another channel
 
     def variant(self, customer_id: str) -> str | None:
         """The customer's variant: a hash of the customer and the kind, so one customer
@@ -168,7 +178,18 @@ def _kind(kind: str, table: Mapping[str, Any], channel_order: tuple[str, ...]) -
         trigger=str(table.get("trigger", "")),
         timing=str(table.get("timing", "")),
         variants=tuple(str(v) for v in table.get("variants", ())),
+        escalate=_escalation(where, table.get("escalate")),
     )
+
+
+def _escalation(where: str, table: Mapping[str, Any] | None) -> Escalation | None:
+    if table is None:
+        return None
+    to = str(table.get("to", ""))
+    _check_channels(f"{where}.escalate.to", (to,))
+    if to == "email":
+        raise RulesError(f"{where}.escalate.to: an unopened email escalates to another channel")
+    return Escalation(float(table.get("after_minutes", 120)), to)
 
 
 def _policy(table: Mapping[str, Any]) -> Policy:
