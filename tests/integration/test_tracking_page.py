@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import re
 import time
 import urllib.error
@@ -346,3 +347,39 @@ def test_an_sms_delivery_receipt_counts_and_a_forged_one_is_refused(site):
         return sum(r["delivered"] for r in rows if (r["kind"], r["channel"]) == ("out_for_delivery", "sms"))
 
     assert wait_for(lambda: delivered() == 1, timeout=30)
+
+
+def test_wechat_receipts_and_email_bounces_count_and_unsigned_ones_are_refused(site):
+    settings, public = site.settings, site.settings.public_url.rstrip("/")
+    expires = int((NOW + timedelta(days=1)).timestamp())
+    wechat = links.sign(links.Link(ORDER, "C-TRACK-1", "ntf-wx-receipt", "shipped", "wechat", "", expires),
+                        settings.link_secret)
+    email = links.sign(links.Link(ORDER, "C-TRACK-1", "ntf-mail-bounce", "shipped", "email", "", expires),
+                       settings.link_secret)
+    timestamp, nonce = "1764180000", "4711"
+    signature = hashlib.sha1("".join(sorted((settings.wechat_callback_token, timestamp, nonce))).encode()).hexdigest()
+    event = ("<xml><ToUserName>gh_shop</ToUserName><FromUserName>o-customer</FromUserName>"
+             "<MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><MsgID>200163836</MsgID>"
+             "<Status>failed:user block</Status></xml>")
+
+    async def post(path: str, **kwargs) -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(public + path, **kwargs) as answer:
+                return answer.status
+
+    query = f"signature={signature}&timestamp={timestamp}&nonce={nonce}&l={wechat}"
+    assert asyncio.run(post(f"/callbacks/wechat?{query}", data=event)) == 200
+    assert asyncio.run(post(f"/callbacks/wechat?{query.replace(signature, 'f' * 40)}", data=event)) == 403
+    assert asyncio.run(post("/callbacks/email", json={"link": email, "type": "hard"})) == 202
+    assert asyncio.run(post("/callbacks/email", json={"link": email[:-3] + "AAA", "type": "hard"})) == 404
+
+    def received() -> dict[str, dict]:
+        found = asyncio.run(read_all(settings.kafka_bootstrap, settings.topics.engagement))
+        values = [orjson.loads(r.value) | {"type": dict(r.headers)["ce_type"].decode()} for r in found]
+        return {v["notification_id"]: v for v in values if v["notification_id"] in ("ntf-wx-receipt", "ntf-mail-bounce")}
+
+    assert wait_for(lambda: len(received()) == 2, timeout=30)
+    got = received()
+    assert (got["ntf-wx-receipt"]["type"], got["ntf-wx-receipt"]["provider_status"]) == (
+        "notification.bounced", "failed:user block")
+    assert (got["ntf-mail-bounce"]["type"], got["ntf-mail-bounce"]["bounce_type"]) == ("notification.bounced", "hard")
