@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
-from tests.unit.stories import ORDER, RULES, at, created, paid, scan, shipped
+from tests.unit.stories import RULES, at, created, paid, scan, shipped
 from worker.domain import engagement, links, order, tracking
 from worker.domain.clock import stamp
 from worker.domain.customer import CustomerState, engaged, route
