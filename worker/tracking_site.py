@@ -93,7 +93,8 @@ class TrackingSite:
 
     async def track(self, request: web.Request) -> web.Response:
         q = request.query
-        routed = request.headers.get(ROUTED) == links.request_mac(request.path_qs, self.secret)
+        routed = hmac.compare_digest(request.headers.get(ROUTED, ""),
+                                     links.request_mac(request.path_qs, self.secret))
         if not (q.get("t") or q.get("order")):
             return self._page(200, _locale(q.get("lang"), request), form=dict(q))
         client = request.headers.get("x-forwarded-for", "") if routed else (request.remote or "")
