@@ -32,7 +32,7 @@ from worker.address_book import AddressBook
 from worker.agenda import Agenda
 from worker.lane_book import LaneBook
 from worker.codec import BadInput
-from worker.domain import customer, engagement, lanes, links, order, risk
+from worker.domain import customer, engagement, inbox, lanes, links, order, risk
 from worker.domain.clock import Clock
 from worker.domain.envelope import Envelope
 from worker.domain.notification import Intent
@@ -110,7 +110,7 @@ class Pipeline:
         self.order_inputs = raw_topic(app, t.orders, t.tracking)
         # Outcomes and engagement come back to the customer stage: a permanent failure falls
         # back, an unsubscribe or a bounce changes the customer's channels, and both count.
-        self.customer_inputs = raw_topic(app, t.intents, t.preferences, t.sent, t.engagement)
+        self.customer_inputs = raw_topic(app, t.intents, t.preferences, t.sent, t.engagement, t.inbox)
         self.engagement = raw_topic(app, t.engagement)
         self.intents = raw_topic(app, t.intents)
         self.tracking = raw_topic(app, t.tracking)
@@ -141,6 +141,8 @@ class Pipeline:
         self.engagement_counts = raw_table(app, "engagement", n)
         self.engagement_figures_topic = raw_topic(app, t.engagement_figures)
         self.engagement_figures: dict[str, dict[str, int]] = {}
+        # Each customer's latest in-app messages (from the inbox topic), for the tracking page.
+        self.inbox = raw_table(app, "inbox", n)
 
         app.agent(self.order_inputs, name="order_stage")(self._order_stage)
         app.agent(self.customer_inputs, name="customer_stage")(self._customer_stage)
@@ -427,6 +429,9 @@ class Pipeline:
         if m.topic == self.settings.topics.engagement:
             await self._on_engagement(m)
             return
+        if m.topic == self.settings.topics.inbox:
+            self._on_inbox_message(m)
+            return
         event_type = _header(m.headers, "ce_type")
         if m.topic == self.settings.topics.sent:
             if event_type in engagement.COUNTED:
@@ -489,6 +494,18 @@ class Pipeline:
         customer.engaged(state, envelope.type, data, envelope.time or _wall_now(), self.rules)
         self.customers[m.key] = orjson.dumps(state.to_dict())
         await self._count(m.partition, envelope.type, data)
+
+    def _on_inbox_message(self, m: Any) -> None:
+        """An in-app message the senders wrote: kept with the customer's latest ones."""
+        metrics.events_consumed.labels(m.topic, "inbox.message").inc()
+        message = orjson.loads(m.value)
+        saved = self.inbox.get(m.key)
+        self.inbox[m.key] = orjson.dumps(inbox.keep(orjson.loads(saved) if saved else [], message))
+
+    def inbox_of(self, customer_id: str, order_id: str) -> list[dict[str, Any]]:
+        """The customer's in-app messages about one order, newest first."""
+        saved = self.inbox.get(customer_id.encode())
+        return inbox.of_order(orjson.loads(saved) if saved else [], order_id)
 
     async def _count(self, partition: int, event_type: str, data: dict[str, Any]) -> None:
         """One more event in the partition's figures for the notification's kind, channel and

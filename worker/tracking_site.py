@@ -51,6 +51,7 @@ log = logging.getLogger("worker.tracking")
 
 LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "English"))
 ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
+ASK_A_WORKER = aiohttp.ClientTimeout(total=5)
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -73,7 +74,6 @@ class TrackingSite:
         self.pipeline, self.settings = pipeline, pipeline.settings
         self.secret = self.settings.link_secret
         self.guesses = Buckets(self.settings.lookups_per_minute, self.settings.lookups_per_minute)
-        self.http: aiohttp.ClientSession | None = None
         self.pages = Recent(self.settings.page_cache_size)  # by the order's state and the request
 
     def register(self, app: faust.App) -> None:
@@ -86,6 +86,7 @@ class TrackingSite:
             ("/callbacks/wechat", self.wechat_check, self.wechat_event),
             ("/callbacks/email", None, self.email_bounce),
             ("/stats", self.stats, None),
+            ("/internal/inbox", self.internal_inbox, None),
         ):
             app.page(path)(_view(path, get, post))
 
@@ -126,14 +127,15 @@ class TrackingSite:
         self.guesses.refund(client)
         metrics.lookups.labels("found").inc()
         now = self.pipeline.now_for(order_id)
-        # The page of an order changes with its state and the minute (the expected window
-        # never starts in the past): customers refreshing it get it from memory.
-        key = (saved, request.query_string, request.headers.get("accept-language", ""),
-               int(now.timestamp()) // 60)
+        messages = await self._inbox(str((state.order.get("customer") or {}).get("id", "")), order_id)
+        # The page of an order changes with its state, its messages and the minute (the
+        # expected window never starts in the past): customers refreshing it get it from memory.
+        key = (saved, orjson.dumps(messages), request.query_string,
+               request.headers.get("accept-language", ""), int(now.timestamp()) // 60)
         if (html := self.pages.get(key)) is None:
             view = tracking.view(state, now, self.pipeline.rules, self.pipeline.lanes_of)
             html = self._html(_locale(q.get("lang") or view["locale"], request), view=view,
-                              timezone=view["timezone"], query=q)
+                              timezone=view["timezone"], query=q, inbox=messages)
             self.pages.put(key, html)
         return _html_response(200, html)
 
@@ -147,31 +149,55 @@ class TrackingSite:
 
     def _html(self, locale: str, *, form: dict[str, str] | None = None,
               view: dict[str, Any] | None = None, message: str = "", timezone: str = "UTC",
-              query: Any = None) -> str:
+              query: Any = None, inbox: list[dict[str, Any]] | None = None) -> str:
         keep = {k: v for k, v in (query or {}).items() if k in ("t", "order", "email", "phone4")}
         switch = {code: "/track?" + urlencode({**keep, "lang": code}) for code, _ in LANGUAGES}
         return page("track.html.j2", locale, timezone, {
             "view": view, "form": {"order": "", "email": "", **(form or {})},
             "message": translate(locale, message) if message else "",
-            "languages": LANGUAGES, "switch": switch, "inbox": []})
+            "languages": LANGUAGES, "switch": switch, "inbox": inbox or []})
 
-    def _owner(self, order_id: str) -> str | None:
-        """The URL of the worker that owns the order's partition; None when it is this one."""
+    def _owner(self, order_id: str, table: str = "orders") -> str | None:
+        """The URL of the worker that owns the key's partition of ``table``; None when it is
+        this one."""
         try:
-            url = str(self.pipeline.app.router.key_store("orders", order_id.encode())).rstrip("/")
+            url = str(self.pipeline.app.router.key_store(table, order_id.encode())).rstrip("/")
         except KeyError:  # between assignments: answered here, from a standby copy if any
             return None
         return None if url == self.settings.own_url else url
 
+    async def _inbox(self, customer_id: str, order_id: str) -> list[dict[str, Any]]:
+        """The order's in-app messages, from the worker that holds the customer's inbox."""
+        owner = self._owner(customer_id, "inbox")
+        if owner is None:
+            return self.pipeline.inbox_of(customer_id, order_id)
+        path = "/internal/inbox?" + urlencode({"customer": customer_id, "order": order_id})
+        try:
+            async with self._get(owner + path, {ROUTED: links.request_mac(path, self.secret)}) as answer:
+                return list(await answer.json()) if answer.status == 200 else []
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            log.warning("the inbox of a looked-up order could not be read")
+            return []  # the page without its messages rather than no page
+
+    async def internal_inbox(self, request: web.Request) -> web.Response:
+        """For the other workers only: their request carries the workers' signature."""
+        if not hmac.compare_digest(request.headers.get(ROUTED, ""),
+                                   links.request_mac(request.path_qs, self.secret)):
+            return web.Response(status=403)
+        q = request.query
+        return web.json_response(self.pipeline.inbox_of(q.get("customer", ""), q.get("order", "")))
+
+    def _get(self, url: str, headers: dict[str, str]) -> Any:
+        """A request to another worker, on Faust's client session (closed with the app)."""
+        return self.pipeline.app.http_client.get(url, headers=headers, timeout=ASK_A_WORKER)
+
     async def _forward(self, owner: str, request: web.Request) -> web.Response:
-        if self.http is None:
-            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         headers = {ROUTED: links.request_mac(request.path_qs, self.secret),
                    "x-forwarded-for": request.remote or "",
                    "accept-language": request.headers.get("accept-language", "")}
         metrics.lookups.labels("forwarded").inc()
         try:
-            async with self.http.get(owner + request.path_qs, headers=headers) as answer:
+            async with self._get(owner + request.path_qs, headers) as answer:
                 body = await answer.read()
                 response = web.Response(body=body, status=answer.status, headers=SECURITY_HEADERS,
                                         content_type="text/html", charset="utf-8")

@@ -123,6 +123,13 @@ def site(kafka, tmp_path_factory) -> Iterator[Site]:
             value, headers = codec.encode(event_type=event_type, event_id=f"{event_type}-{len(records)}",
                                           source="urn:test", time=NOW, data=data)
             records.append((topics[topic], ORDER.encode(), value, headers))
+        # An in-app message about the order, as the senders write it to the customer's inbox.
+        message = {"notification_id": "ntf-inbox-1", "kind": "out_for_delivery", "order_id": ORDER,
+                   "customer_id": "C-TRACK-1", "title": "Your parcel is out for delivery",
+                   "text": "Parcel 1 of 2 arrives today.", "url": "", "created_at": at(-2)}
+        value, headers = codec.encode(event_type="inbox.message", event_id="ntf-inbox-1",
+                                      source="urn:order-notifier:inbox", time=NOW, data=message)
+        records.append((s.settings.topics.inbox, b"C-TRACK-1", value, headers))
         asyncio.run(produce(s.settings.kafka_bootstrap, records))
         # Every event read: both parcels as far as their last scans.
         assert wait_for(lambda: sections(s.get(f"/track?order={ORDER}&email={EMAIL}")[1]) == {
@@ -146,6 +153,11 @@ def test_the_order_is_found_by_email_or_phone_digits_on_either_worker(site):
         assert "星河小铺" in html and "SF1000000001" in html and "SF1000000002" in html
     # The other worker answered from the owner: the same page.
     assert pages[owner][1] == pages[other][1]
+    # The order's in-app messages, from whichever worker holds the customer's inbox.
+    status, html = wait_for(lambda: (lambda page: page if 'id="inbox-title"' in page[1] else None)(
+        site.get(f"/track?order={ORDER}&email={EMAIL}&lang=en", other)), timeout=60) or (0, "")
+    inbox = html.split('id="inbox-title"')[1]
+    assert "Your parcel is out for delivery" in inbox and "Parcel 1 of 2 arrives today." in inbox
     _, metrics = site.get("/metrics", other)
     assert re.search(r'notifier_tracking_lookups_total\{outcome="forwarded"\} [1-9]', metrics)
     status, html = site.get(f"/track?order={ORDER}&phone4=8000&lang=en", other)

@@ -211,3 +211,21 @@ def test_an_opened_email_or_newer_news_cancels_the_escalation():
     news.notification_id, news.kind, news.priority = "ntf-dl", "delivered", "transactional"
     decide(delivered, news, NOW + timedelta(minutes=30), RULES)
     assert not delivered.escalations
+
+
+def test_the_inbox_keeps_each_message_once_and_the_latest_ones():
+    from worker.domain import inbox
+
+    def message(n: int, order: str = "O-1") -> dict:
+        return {"notification_id": f"ntf-{n}", "order_id": order, "kind": "shipped", "title": f"t{n}",
+                "text": "x", "created_at": f"2026-11-02T00:{n:02d}:00+00:00", "url": "ignored"}
+
+    kept: list = []
+    for n in (3, 1, 2, 3):  # out of order, and one read twice
+        kept = inbox.keep(kept, message(n))
+    assert [m["notification_id"] for m in kept] == ["ntf-1", "ntf-2", "ntf-3"] and "url" not in kept[0]
+    kept = inbox.keep(kept, message(4, "O-2"))
+    assert [m["notification_id"] for m in inbox.of_order(kept, "O-1")] == ["ntf-3", "ntf-2", "ntf-1"]
+    for n in range(5, 5 + inbox.KEPT):
+        kept = inbox.keep(kept, message(n % 60))
+    assert len(kept) == inbox.KEPT
