@@ -44,7 +44,8 @@ def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: fl
             env["NOTIFIER_KAFKA_BOOTSTRAP"] = broker.start()
         env.update({
             "NOTIFIER_APP_ID": f"bench-{int(time.time())}", "NOTIFIER_OUTBOX": str(workdir / "outbox.jsonl"),
-            "NOTIFIER_PROVIDER_RATES": "", "NOTIFIER_LOG_LEVEL": "warning",
+            "NOTIFIER_PROVIDER_RATES": "", "NOTIFIER_SMS_PER_NUMBER_PER_SECOND": "0",
+            "NOTIFIER_LOG_LEVEL": "warning",
             "NOTIFIER_SENDERS_WEB_PORT": str(free_port()), "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
             "NOTIFIER_SMTP_PORT": str(free_port()),
             **{f"NOTIFIER_{name}_URL": f"http://127.0.0.1:{free_port()}" for name in ("SMS", "PUSH", "APNS", "WECHAT")},

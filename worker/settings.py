@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,10 @@ class Settings:
     sms_url: str = "http://127.0.0.1:6071"
     sms_account_sid: str = "AC0000000000000000000000000000dev"
     sms_auth_token: str = "dev-auth-token"
-    sms_from: str = "+15005550006"
+    sms_from: str = "+15005550006"  # the sender number; several, comma-separated, make a pool
+    # Messages a second from one sender number (carriers hold a long code to about 1); each
+    # customer always hears from the same number of the pool. 0: no limit.
+    sms_per_number_per_second: float = 1.0
     push_url: str = "http://127.0.0.1:6072"
     push_project: str = "order-notifier-dev"
     push_access_token: str = "dev-oauth-access-token"  # FCM's OAuth 2 bearer token
@@ -125,6 +129,10 @@ class Settings:
         """Calls a second per provider, from ``provider_rates``."""
         pairs = (p.split("=") for p in self.provider_rates.split(",") if p.strip())
         return {name.strip(): float(rate) for name, rate in pairs}
+
+    @property
+    def sms_numbers(self) -> list[str]:
+        return [n.strip() for n in self.sms_from.split(",") if n.strip()]
 
     @property
     def own_url(self) -> str:
@@ -230,6 +238,9 @@ def _check(s: Settings) -> None:
             raise SettingsError(
                 f"{PREFIX}KAFKA_BOOTSTRAP={s.kafka_bootstrap!r}: expected host:port[,host:port…]"
             )
+    if not s.sms_numbers or not all(re.fullmatch(r"\+[1-9]\d{6,14}", n) for n in s.sms_numbers):
+        raise SettingsError(f"{PREFIX}SMS_FROM={s.sms_from!r}: expected E.164 numbers (+8613800000000), "
+                            "comma-separated for a pool")
     if len(s.link_secret) < 16:
         raise SettingsError(f"{PREFIX}LINK_SECRET: expected a secret of 16 characters or more")
     if s.advertised_url and urlsplit(s.advertised_url).scheme not in ("http", "https"):

@@ -49,7 +49,8 @@ async def sink(tmp_path: Path):
         sms_url=f"http://127.0.0.1:{free_port()}", push_url=f"http://127.0.0.1:{free_port()}",
         apns_url=f"http://127.0.0.1:{free_port()}",
         wechat_url=f"http://127.0.0.1:{free_port()}",
-        webhook_url=f"http://127.0.0.1:{free_port()}/webhooks", provider_timeout_seconds=1)
+        webhook_url=f"http://127.0.0.1:{free_port()}/webhooks", provider_timeout_seconds=1,
+        sms_per_number_per_second=0)
     servers = await sinks.serve(settings)
     yield settings
     for server in servers:
@@ -91,6 +92,31 @@ async def test_sms_goes_as_twilio_would_take_it_in_at_most_two_segments(sink):
     with pytest.raises(PermanentFailure) as invalid:
         await sender.send(command("sms", {"phone": "13812345678"}))
     assert invalid.value.reason == "invalid_recipient"
+    await sender.close()
+
+
+async def test_each_customer_hears_from_one_number_of_the_pool_at_the_number_rate(sink, monkeypatch):
+    from worker.senders import sms
+
+    pool = ("+15005550006", "+15005550007", "+15005550008")
+    settings = dataclasses.replace(sink, sms_from=",".join(pool), sms_per_number_per_second=1.0)
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # no real waiting in a unit test
+        pauses.append(seconds)
+
+    monkeypatch.setattr(sms, "sleep", sleep)
+    sender = SmsSender(settings)
+    phones = [f"+8613812{n:05d}" for n in range(1, 31)]
+    for phone in phones + phones[:3]:
+        await sender.send(command("sms", {"phone": phone}))
+    sent = [(e["request"]["to"], e["request"]["from"]) for e in outbox(settings)]
+    number_of = dict(sent[:30])
+    assert set(number_of.values()) == set(pool)  # the load spreads over the pool
+    assert all(number_of[to] == sender_number for to, sender_number in sent)  # one number each
+    # 33 messages at once from 3 numbers at 1 a second each: all but the first of each wait,
+    # the last about 10 s.
+    assert len(pauses) == 33 - 3 and 8 <= max(pauses) <= 12
     await sender.close()
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from asyncio import sleep
+import hashlib
 import re
 from typing import Any
 
 from worker.senders import Delivery, PermanentFailure, Sender, http
+from worker.senders.guard import TokenBucket
 from worker.settings import Settings
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -26,12 +30,17 @@ class SmsSender(Sender):
         account = f"{settings.sms_account_sid}:{settings.sms_auth_token}".encode()
         self.headers = {"Authorization": "Basic " + base64.b64encode(account).decode()}
         self.http = http.session(settings.provider_timeout_seconds)
+        rate = settings.sms_per_number_per_second
+        self.per_number = {n: TokenBucket(rate, 1.0) for n in settings.sms_numbers}
 
     async def send(self, command: dict[str, Any]) -> Delivery:
         phone = command["recipient"].get("phone", "")
         if not E164.match(phone):
             raise PermanentFailure("invalid_recipient", "not an E.164 number")
-        form = {"To": phone, "From": self.settings.sms_from, "Body": self._body(command),
+        number = self._number(phone)
+        if (pause := self.per_number[number].wait(asyncio.get_running_loop().time())) > 0:
+            await sleep(pause)  # this customer's task waits; the others go on
+        form = {"To": phone, "From": number, "Body": self._body(command),
                 # The delivery receipt names the notification (issue: engagement).
                 "StatusCallback": f"{self.settings.public_url.rstrip('/')}/callbacks/sms"
                                   f"?n={command['notification_id']}&l={command.get('link_token', '')}"}
@@ -51,6 +60,13 @@ class SmsSender(Sender):
             if message.get("body") == self._body(command):
                 return Delivery(provider_message_id=message.get("sid"))
         return None
+
+    def _number(self, phone: str) -> str:
+        """The customer's own sender number of the pool: a thread of messages from one
+        number, and the pool's load spread evenly."""
+        numbers = self.settings.sms_numbers
+        digest = hashlib.blake2b(phone.encode(), digest_size=4).digest()
+        return numbers[int.from_bytes(digest, "big") % len(numbers)]
 
     def _body(self, command: dict[str, Any]) -> str:
         return str(command["content"]["text"])
