@@ -104,6 +104,14 @@ table_recovery_seconds = Histogram(
     registry=registry, buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
 
+active_shipments = Gauge(
+    "notifier_active_shipments", "Parcels on their way (not delivered, returned or cancelled) in "
+    "the order partitions this worker owns", registry=registry,
+)
+lane_delay_ratio = Gauge(
+    "notifier_lane_delay_ratio", "Share of a carrier's parcels that stalled over the lanes' window "
+    "(known carriers, else other)", ["carrier"], registry=registry,
+)
 lookups = Counter(
     "notifier_tracking_lookups_total", "Tracking-page lookups by outcome (found, not_found, "
     "expired, forged, rate_limited, forwarded)", ["outcome"], registry=registry,

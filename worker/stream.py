@@ -122,6 +122,7 @@ class Pipeline:
         self.orders = raw_table(app, "orders", n)
         self.order_agenda = Agenda(raw_table(app, "order_agenda", n), "wake")
         self.clock_marks = raw_table(app, "clock", n)
+        self.active_counts = raw_table(app, "active_parcels", n)  # partition -> parcels on their way
         self.clock = Clock(event_mode=settings.event_clock)
         # In memory only: a restart loses nothing, the next tick sets them again.
         self.tick_target: dict[int, datetime] = {}
@@ -216,7 +217,9 @@ class Pipeline:
         order_id = envelope.data["order_id"]
         if order_id != m.key.decode("utf-8", "replace"):
             raise BadInput("wrong_key", "record key differs from data.order_id")
-        applied = order.apply(self.order_state(order_id), envelope, received_at=_wall_now())
+        known = self.order_state(order_id)
+        active_before = known.active_parcels if known else 0
+        applied = order.apply(known, envelope, received_at=_wall_now())
         if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
             return
@@ -226,6 +229,9 @@ class Pipeline:
             log.info("unknown carrier status %s kept", applied.unknown_status,
                      extra={"order_id": order_id})
         self.orders[order_id.encode()] = orjson.dumps(applied.state.to_dict())
+        if change := applied.state.active_parcels - active_before:
+            key = str(m.partition).encode()
+            self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
         if envelope.type in risk.TOLD_BY:
             for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
                 await self._send(self.address_inputs, sighting.address, "address.seen",
@@ -696,7 +702,13 @@ class Pipeline:
         return web.json_response(body, status=200 if body["ready"] else 503)
 
     async def _watch_readiness(self) -> None:
-        """Readiness and table recovery time as metrics, for the alerts and the dashboard."""
+        """Readiness, table recovery time, parcels on their way and the carriers' delay
+        ratios as metrics, for the alerts and the dashboard."""
+        owned = {tp.partition for tp in self.app.assignor.assigned_actives()
+                 if tp.topic == self.settings.topics.orders}
+        metrics.active_shipments.set(sum(int(self.active_counts.get(str(p).encode(), b"0")) for p in owned))
+        for carrier, ratio in lanes.delay_ratios(self.lane_figures).items():
+            metrics.lane_delay_ratio.labels(carrier if carrier in KNOWN_SOURCES else "other").set(ratio)
         state = self._readiness()
         metrics.ready.set(1 if state["ready"] else 0)
         if state["recovering"] and self.recovering_since is None:

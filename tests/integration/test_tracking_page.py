@@ -160,6 +160,9 @@ def test_the_order_is_found_by_email_or_phone_digits_on_either_worker(site):
     assert "Your parcel is out for delivery" in inbox and "Parcel 1 of 2 arrives today." in inbox
     _, metrics = site.get("/metrics", other)
     assert re.search(r'notifier_tracking_lookups_total\{outcome="forwarded"\} [1-9]', metrics)
+    # Two parcels on their way, counted by the worker that owns the order's partition.
+    assert wait_for(lambda: sum(float(re.search(r"^notifier_active_shipments (\S+)$", site.get("/metrics", port)[1],
+                                                re.M).group(1)) for port in site.ports) == 2, timeout=10)
     status, html = site.get(f"/track?order={ORDER}&phone4=8000&lang=en", other)
     assert status == 200 and "Out for delivery" in html and "Parcel 2 of 2" in html
 

@@ -229,3 +229,21 @@ def test_the_inbox_keeps_each_message_once_and_the_latest_ones():
     for n in range(5, 5 + inbox.KEPT):
         kept = inbox.keep(kept, message(n % 60))
     assert len(kept) == inbox.KEPT
+
+
+def test_parcels_on_their_way_are_counted_until_delivered_or_cancelled():
+    from tests.unit.stories import cancelled
+
+    assert state(created(), paid()).active_parcels == 0
+    assert state(*SPLIT[:5]).active_parcels == 2  # two labels, one picked up
+    assert state(*SPLIT).active_parcels == 1  # the second delivered
+    assert state(*SPLIT[:5], cancelled(7)).active_parcels == 0
+
+
+def test_a_carriers_delay_ratio_is_its_specific_lanes_stalls_per_parcel():
+    from worker.domain.lanes import delay_ratios
+
+    figures = {"zto|CN-GD|CN-BJ": {"parcels": 90, "stalls": 9}, "zto|CN-ZJ|CN-SH": {"parcels": 10, "stalls": 1},
+               "zto|*|CN": {"parcels": 100, "stalls": 0}, "zto": {"parcels": 100, "stalls": 0},
+               "sf-express|CN-GD|CN-SH": {"parcels": 0, "stalls": 0}}
+    assert delay_ratios(figures) == {"zto": 0.1}

@@ -117,8 +117,22 @@ def journey(parcel: Shipment, days_off: Sequence[int] = ()) -> dict[str, dict[st
     return {"gaps": gaps, "remaining": remaining}
 
 
+def delay_ratios(lanes: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Per carrier, the share of its parcels that stalled over the window, from its most
+    specific lanes (those that count stalls)."""
+    parcels: dict[str, int] = {}
+    stalls: dict[str, int] = {}
+    for key, lane in lanes.items():
+        if key.count("|") == 2 and "|*|" not in key:
+            carrier = key.split("|")[0]
+            parcels[carrier] = parcels.get(carrier, 0) + lane.get("parcels", 0)
+            stalls[carrier] = stalls.get(carrier, 0) + lane.get("stalls", 0)
+    return {c: stalls[c] / parcels[c] for c in parcels if parcels[c]}
+
+
 def learn(day: dict[str, Any], lesson: Mapping[str, Mapping[str, list[float]]]) -> None:
     """Add one parcel's journey to a lane's day bucket."""
+    day["parcels"] = day.get("parcels", 0) + 1
     for part in ("gaps", "remaining"):
         for name, samples in lesson.get(part, {}).items():
             bucket = day.setdefault(part, {}).setdefault(name, {})
@@ -127,8 +141,10 @@ def learn(day: dict[str, Any], lesson: Mapping[str, Mapping[str, list[float]]]) 
 
 
 def figures(days: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A lane's figures over a window: its day buckets merged."""
-    merged: dict[str, Any] = {}
+    """A lane's figures over a window: its day buckets merged, with how many parcels it
+    delivered and how many stalled (what the lane's delay ratio is made of)."""
+    merged: dict[str, Any] = {"parcels": sum(day.get("parcels", 0) for day in days),
+                              "stalls": sum(len(day.get("stalls", ())) for day in days)}
     for part in ("gaps", "remaining"):
         names = {name for day in days for name in day.get(part, {})}
         merged[part] = {name: histogram.merge(day[part][name] for day in days

@@ -71,6 +71,14 @@ class OrderState:
         return [Shipment.from_dict(s) for s in self.shipments.values()]
 
     @property
+    def active_parcels(self) -> int:
+        """Parcels on their way: labelled or scanned, not delivered, returned or cancelled."""
+        if self.cancelled_at:
+            return 0
+        return sum(1 for p in self.parcels()
+                   if not p.delivered_at and not any(c[1] == "RETURNED" for c in p.checkpoints))
+
+    @property
     def delivered_at(self) -> str | None:
         """The order is delivered when its last parcel is."""
         parcels = self.parcels()
