@@ -157,11 +157,11 @@ class TrackingSite:
             "message": translate(locale, message) if message else "",
             "languages": LANGUAGES, "switch": switch, "inbox": inbox or []})
 
-    def _owner(self, order_id: str, table: str = "orders") -> str | None:
+    def _owner(self, key: str, table: str = "orders") -> str | None:
         """The URL of the worker that owns the key's partition of ``table``; None when it is
         this one."""
         try:
-            url = str(self.pipeline.app.router.key_store(table, order_id.encode())).rstrip("/")
+            url = str(self.pipeline.app.router.key_store(table, key.encode())).rstrip("/")
         except KeyError:  # between assignments: answered here, from a standby copy if any
             return None
         return None if url == self.settings.own_url else url
