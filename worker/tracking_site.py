@@ -27,7 +27,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
@@ -35,6 +35,7 @@ import aiohttp
 import faust
 import orjson
 from aiohttp import web
+from faust.types import TP
 from faust.web import View
 
 from worker import metrics
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from worker.stream import Pipeline
 
 log = logging.getLogger("worker.tracking")
+V = TypeVar("V")
 
 LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "English"))
 ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
@@ -61,6 +63,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
 }
+HTML_HEADERS = {**SECURITY_HEADERS, "Content-Type": "text/html; charset=utf-8"}
+FOUND = metrics.lookups.labels("found")
+PAGE_FRESH_SECONDS = 60  # how long a drawn page is shown again to customers refreshing it
 MESSAGES = {  # translated in the catalogs like the templates' strings
     "not_found": "We could not find an order with these details. Check the order number and the "
                  "email address or phone digits.",
@@ -74,11 +79,15 @@ class TrackingSite:
         self.pipeline, self.settings = pipeline, pipeline.settings
         self.secret = self.settings.link_secret
         self.guesses = Buckets(self.settings.lookups_per_minute, self.settings.lookups_per_minute)
-        self.pages = Recent(self.settings.page_cache_size)  # by the order's state and the request
+        # Drawn pages and when, by the order's state and the request.
+        self.pages = Recent[tuple[bytes, float]](self.settings.page_cache_size)
+        self.own_url = self.settings.own_url
 
     def register(self, app: faust.App) -> None:
+        # The page itself straight on the aiohttp application: Faust's view layer and
+        # sensors cost a tenth of every lookup.
+        app.web.web_app.router.add_get("/track", self.track)
         for path, get, post in (
-            ("/track", self.track, None),
             ("/c/{token}", self.click, None),
             ("/o/{token}.gif", self.opened, None),
             ("/u/{token}", self.unsubscribe, self.unsubscribe),
@@ -94,8 +103,8 @@ class TrackingSite:
 
     async def track(self, request: web.Request) -> web.Response:
         q = request.query
-        routed = hmac.compare_digest(request.headers.get(ROUTED, ""),
-                                     links.request_mac(request.path_qs, self.secret))
+        routed = ROUTED in request.headers and hmac.compare_digest(
+            request.headers[ROUTED], links.request_mac(request.path_qs, self.secret))
         if not (q.get("t") or q.get("order")):
             return self._page(200, _locale(q.get("lang"), request), form=dict(q))
         client = request.headers.get("x-forwarded-for", "") if routed else (request.remote or "")
@@ -118,26 +127,29 @@ class TrackingSite:
         order_id = link.order_id if link else q["order"].strip()
         if not routed and (owner := self._owner(order_id)) is not None:
             return await self._forward(owner, request)
-        saved = self.pipeline.orders.get(order_id.encode())
+        saved = self.pipeline.saved(self.pipeline.orders, order_id)
         state = OrderState.from_dict(orjson.loads(saved)) if saved else None
         if state is None or state.order is None or (link is None and not tracking.verified(
                 state, q.get("email", ""), q.get("phone4", ""))):
             return self._not_found(request)
         # A lookup that found its order costs the client nothing.
         self.guesses.refund(client)
-        metrics.lookups.labels("found").inc()
+        FOUND.inc()
         now = self.pipeline.now_for(order_id)
         messages = await self._inbox(str((state.order.get("customer") or {}).get("id", "")), order_id)
-        # The page of an order changes with its state, its messages and the minute (the
-        # expected window never starts in the past): customers refreshing it get it from memory.
-        key = (saved, orjson.dumps(messages), request.query_string,
-               request.headers.get("accept-language", ""), int(now.timestamp()) // 60)
-        if (html := self.pages.get(key)) is None:
+        # The page of an order changes with its state, its messages and the time (the
+        # expected window never starts in the past, lanes learn): customers refreshing it get
+        # it from memory for a minute after it was drawn, each page on its own minute, so
+        # pages are drawn again a few at a time rather than all at once.
+        key = (saved, messages, request.query_string, request.headers.get("accept-language", ""))
+        cached = self.pages.get(key)
+        if cached is None or now.timestamp() - cached[1] >= PAGE_FRESH_SECONDS:
             view = tracking.view(state, now, self.pipeline.rules, self.pipeline.lanes_of)
             html = self._html(_locale(q.get("lang") or view["locale"], request), view=view,
-                              timezone=view["timezone"], query=q, inbox=messages)
-            self.pages.put(key, html)
-        return _html_response(200, html)
+                              timezone=view["timezone"], query=q, inbox=orjson.loads(messages))
+            cached = (html.encode(), now.timestamp())
+            self.pages.put(key, cached)
+        return web.Response(body=cached[0], headers=HTML_HEADERS)
 
     def _not_found(self, request: web.Request) -> web.Response:
         metrics.lookups.labels("not_found").inc()
@@ -159,25 +171,29 @@ class TrackingSite:
 
     def _owner(self, key: str, table: str = "orders") -> str | None:
         """The URL of the worker that owns the key's partition of ``table``; None when it is
-        this one."""
-        try:
-            url = str(self.pipeline.app.router.key_store(table, key.encode())).rstrip("/")
-        except KeyError:  # between assignments: answered here, from a standby copy if any
+        this one. Faust's router would answer the same (``router.key_store``) at several
+        times the cost: it hashes the key again and builds a URL object every time."""
+        changelog = self.pipeline.app.tables[table].changelog_topic.get_topic_name()
+        tp = TP(changelog, self.pipeline.partition_of(changelog, key.encode()))
+        url = self.pipeline.app.assignor._tps_url.get(tp)  # the assignor's map, set at each rebalance
+        if url is None:  # between assignments: answered here, from a standby copy if any
             return None
-        return None if url == self.settings.own_url else url
+        url = url.rstrip("/")
+        return None if url == self.own_url else url
 
-    async def _inbox(self, customer_id: str, order_id: str) -> list[dict[str, Any]]:
-        """The order's in-app messages, from the worker that holds the customer's inbox."""
+    async def _inbox(self, customer_id: str, order_id: str) -> bytes:
+        """The order's in-app messages (a JSON list), from the worker that holds the
+        customer's inbox."""
         owner = self._owner(customer_id, "inbox")
         if owner is None:
-            return self.pipeline.inbox_of(customer_id, order_id)
+            return orjson.dumps(self.pipeline.inbox_of(customer_id, order_id))
         path = "/internal/inbox?" + urlencode({"customer": customer_id, "order": order_id})
         try:
             async with self._get(owner + path, {ROUTED: links.request_mac(path, self.secret)}) as answer:
-                return list(await answer.json()) if answer.status == 200 else []
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+                return await answer.read() if answer.status == 200 else b"[]"
+        except (aiohttp.ClientError, TimeoutError):
             log.warning("the inbox of a looked-up order could not be read")
-            return []  # the page without its messages rather than no page
+            return b"[]"  # the page without its messages rather than no page
 
     async def internal_inbox(self, request: web.Request) -> web.Response:
         """For the other workers only: their request carries the workers' signature."""
@@ -322,19 +338,19 @@ def _html_response(status: int, html: str) -> web.Response:
                         headers=SECURITY_HEADERS)
 
 
-class Recent:
+class Recent(Generic[V]):
     """The latest ``size`` entries, the least recently used forgotten first."""
 
     def __init__(self, size: int) -> None:
-        self.size, self._entries = size, OrderedDict[Any, str]()
+        self.size, self._entries = size, OrderedDict[Any, V]()
 
-    def get(self, key: Any) -> str | None:
+    def get(self, key: Any) -> V | None:
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
         return None
 
-    def put(self, key: Any, value: str) -> None:
+    def put(self, key: Any, value: V) -> None:
         if not self.size:
             return
         self._entries[key] = value
