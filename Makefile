@@ -29,6 +29,7 @@ test-policy: install broker-jars
 bench: install broker-jars
 	@command -v wrk >/dev/null || { echo "Installing Debian's wrk (the page benchmark's load generator)..."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/notifier bench worker
 	$(BIN)/notifier bench senders
 	$(BIN)/notifier bench page
 

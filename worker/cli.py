@@ -43,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
                                "truth, print the figures and write them to docs/prediction.md")
     bench = commands.add_parser("bench", help="throughput and latency figures, written to "
                                 "docs/performance.md")
-    bench.add_argument("scenario", choices=["senders", "page"],
-                       help="senders: notifications a second; page: tracking-page lookups")
+    bench.add_argument("scenario", choices=["senders", "page", "worker"],
+                       help="senders: notifications a second; page: tracking-page lookups; "
+                            "worker: the stream worker against a raw pipe, and memory an order")
     bench.add_argument("--backlog", type=int, default=20_000, help="senders: notifications queued at once")
     bench.add_argument("--rate", type=float, default=500, help="senders: steady notifications per second")
     bench.add_argument("--seconds", type=float, default=20, help="how long the steady run lasts")
     bench.add_argument("--orders", type=int, default=2_000, help="page: orders to look up")
     bench.add_argument("--concurrency", type=int, default=200, help="page: lookups in flight")
+    bench.add_argument("--events", type=int, default=100_000, help="worker: events in the stream")
+    bench.add_argument("--active", type=lambda v: [int(n) for n in v.split(",")],
+                       default=[100_000, 1_000_000], help="worker: active orders to measure memory at")
     args = parser.parse_args(argv)
 
     try:
@@ -131,6 +135,10 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         from worker import bench_page
 
         return bench_page.run(settings, args.orders, args.concurrency, args.seconds)
+    if args.scenario == "worker":
+        from worker import bench_worker
+
+        return bench_worker.run(settings, args.events, args.active)
     return bench.run(settings, args.backlog, args.rate, args.seconds)
 
 
