@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 from datetime import UTC, datetime
 
 import orjson
@@ -38,6 +39,13 @@ class Agenda:
     def pop_due(self, partition: int, now: datetime) -> list[tuple[datetime, str]]:
         """(due time, key) of the keys due at or before ``now``, oldest first, each key
         once at its earliest time; they leave the agenda."""
+        return self._due(partition, now, remove=True)
+
+    def due(self, partition: int, now: datetime) -> list[tuple[datetime, str]]:
+        """What :meth:`pop_due` answers, leaving the agenda as it is."""
+        return self._due(partition, now, remove=False)
+
+    def _due(self, partition: int, now: datetime, remove: bool) -> list[tuple[datetime, str]]:
         until = int(now.timestamp())
         hours = self._hours(partition)
         due: dict[str, int] = {}
@@ -58,6 +66,8 @@ class Agenda:
                 for second, key in entries:
                     if second <= until and (key not in due or second < due[key]):
                         due[key] = second
+                if not remove:
+                    continue
                 if ahead:
                     self.table[bucket] = orjson.dumps(ahead)
                     later = True
@@ -65,22 +75,34 @@ class Agenda:
                     del self.table[bucket]
             if later or last_minute < first_minute + HOUR // MINUTE - 1:
                 kept.append(hour)  # some of this hour is still ahead
-        if kept != hours:
+        if remove and kept != hours:
             self._set_hours(partition, kept)
         return sorted((datetime.fromtimestamp(second, UTC), key) for key, second in due.items())
 
     async def drain(self, partition: int, now: datetime,
-                    visit: Callable[[datetime, str], Awaitable[datetime | None]]) -> None:
+                    visit: Callable[[datetime, str], Awaitable[datetime | None]],
+                    settle: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Visit every key due by ``now`` in time order. ``visit`` answers when the key is
-        next due: by ``now``, it is visited again in this same pass; later, it is kept."""
-        queue = self.pop_due(partition, now)
+        next due: by ``now``, it is visited again in this same pass; later, it is kept.
+
+        The agenda changes only once every visit is done and ``settle`` (the caller's wait
+        for what the visits published) has returned: a crash, a stop or a rebalance in the
+        middle of a pass leaves every key on the agenda, to be visited again by whoever
+        holds the partition next, instead of taking keys off that were never visited."""
+        queue = self.due(partition, now)
+        later: dict[str, datetime] = {}
         while queue:
             at, key = heapq.heappop(queue)
             upcoming = await visit(at, key)
             if upcoming is not None and upcoming <= now:
                 heapq.heappush(queue, (upcoming, key))
             elif upcoming is not None:
-                self.add(partition, upcoming, key)
+                later[key] = min(upcoming, later.get(key, upcoming))
+        if settle is not None:
+            await settle()
+        self.pop_due(partition, now)
+        for key, at in later.items():
+            self.add(partition, at, key)
 
     def _bucket(self, partition: int, minute: int) -> bytes:
         return f"{self.name}|{partition}|{minute}".encode()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import logging
 import time
 import tomllib
@@ -29,7 +28,7 @@ from faust.types import TP
 import orjson
 from aiohttp import web
 
-from worker import codec, faust_fixes, metrics
+from worker import codec, faust_fixes, metrics, runtime
 from worker.address_book import AddressBook
 from worker.agenda import Agenda
 from worker.lane_book import LaneBook
@@ -58,8 +57,6 @@ TRACKING_TYPES = frozenset({"tracking.updated", "clock.tick"})
 PREFERENCE_TYPES = frozenset({"customer.preferences_updated"})
 ENGAGEMENT_SOURCE = "urn:order-notifier:tracking-page"
 KNOWN_SOURCES = frozenset(carrier_table())
-
-GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of young objects (Python: 700)
 
 
 def load_rules(settings: Settings) -> Rules:
@@ -162,7 +159,7 @@ class Pipeline:
         app.timer(1.0)(self._watch_readiness)
         TrackingSite(self).register(app)
         self.recovering_since: float | None = None
-        self.frozen = False  # start-up objects moved out of the collector's scans
+        self.settled = False  # runtime.settle() done
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -271,12 +268,11 @@ class Pipeline:
             return
         woken: dict[str, order.OrderState] = {}
         acks: list[Awaitable[Any]] = []
+        # What was decided is acknowledged by the broker before the agenda and the states
+        # that remember it are written: a crash in between repeats the decisions (same ids,
+        # de-duplicated downstream) instead of losing them. One wait for the whole pass.
         await self.order_agenda.drain(partition, allowed, lambda due, order_id: self._wake_order(
-            order_id, self._moment(due, allowed), woken, acks))
-        # What was decided is acknowledged by the broker before the states that remember it
-        # are written: a crash in between repeats the decisions (same ids, de-duplicated
-        # downstream) instead of losing them. One wait for the whole pass, not one an order.
-        await asyncio.gather(*acks)
+            order_id, self._moment(due, allowed), woken, acks), settle=lambda: asyncio.gather(*acks))
         for order_id, state in woken.items():
             self.orders[order_id.encode()] = orjson.dumps(state.to_dict())
         await self._forward_tick(partition, allowed)
@@ -729,14 +725,9 @@ class Pipeline:
             metrics.lane_delay_ratio.labels(carrier if carrier in KNOWN_SOURCES else "other").set(ratio)
         state = self._readiness()
         metrics.ready.set(1 if state["ready"] else 0)
-        if state["ready"] and not self.frozen:
-            # What start-up built (Faust, aiokafka, rules, templates) lives as long as the
-            # process: kept out of the collector's scans, which otherwise stall the loop for
-            # tens of milliseconds at a time under load (the tracking page's p99). Requests and
-            # events make short-lived objects by the thousand: collect young ones less often.
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-            self.frozen = True
+        if state["ready"] and not self.settled:
+            runtime.settle()  # the tracking page's p99 under load
+            self.settled = True
         if state["recovering"] and self.recovering_since is None:
             self.recovering_since = time.monotonic()
         elif not state["recovering"] and self.recovering_since is not None:

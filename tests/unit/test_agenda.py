@@ -1,5 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from worker.agenda import Agenda
 
 T0 = datetime(2026, 11, 2, 10, tzinfo=UTC)
@@ -51,3 +53,40 @@ def test_keys_due_later_in_the_same_minute_stay_for_the_next_look():
     assert agenda.pop_due(0, T0 + timedelta(seconds=30)) == [(T0 + timedelta(seconds=10), "early")]
     assert agenda.pop_due(0, T0 + timedelta(seconds=50)) == [(T0 + timedelta(seconds=50), "late")]
     assert [k for k in agenda.table if not k.endswith(b"hours")] == []
+
+
+async def test_a_pass_cut_short_leaves_every_key_on_the_agenda_for_the_next_owner():
+    # A worker stopped or killed in the middle of a pass: nothing it took off the agenda
+    # may be lost, neither the keys it never got to nor the one it was visiting.
+    agenda = Agenda({}, "wake")
+    for n, key in enumerate(("a", "b", "c")):
+        agenda.add(0, T0 + timedelta(minutes=n), key)
+    visited = []
+
+    async def visit(at, key):
+        if key == "b":
+            raise RuntimeError("stopped mid-pass")
+        visited.append(key)
+        return T0 + timedelta(days=1)
+
+    with pytest.raises(RuntimeError):
+        await agenda.drain(0, T0 + timedelta(hours=1), visit)
+    assert visited == ["a"]
+    assert [key for _, key in agenda.pop_due(0, T0 + timedelta(hours=1))] == ["a", "b", "c"]
+
+
+async def test_the_agenda_changes_only_after_the_pass_is_settled():
+    agenda = Agenda({}, "wake")
+    agenda.add(0, T0, "a")
+    seen_at_settle = []
+
+    async def settle():
+        seen_at_settle.append([key for _, key in agenda.due(0, T0)])
+
+    async def visit(at, key):
+        return T0 + timedelta(days=1)
+
+    await agenda.drain(0, T0, visit, settle=settle)
+    assert seen_at_settle == [["a"]]  # still there while the caller waits for its acks
+    assert agenda.due(0, T0) == []
+    assert agenda.pop_due(0, T0 + timedelta(days=2)) == [(T0 + timedelta(days=1), "a")]

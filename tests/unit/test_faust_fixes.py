@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+from faust.types import TP
+
 from worker import faust_fixes
 
 
@@ -36,3 +38,27 @@ async def test_a_flush_waits_for_the_whole_buffer(monkeypatch):
     monkeypatch.setattr(faust_fixes, "_faust_flush_atmost", one_slow_round)
     await faust_fixes._flush(buffer)
     assert buffer.size == 0
+
+
+async def test_after_a_rebalance_a_stream_partition_never_committed_is_read_from_its_beginning(monkeypatch):
+    # aiokafka's seek_to_committed leaves such a partition after the events fetched (and
+    # skipped) before the rebalance: they would never be handled.
+    committed = {TP("intents", 3): None, TP("intents", 1): 0, TP("intents", 2): 57,
+                 TP("app-orders-changelog", 3): None}
+
+    async def faust_seek(self):
+        return committed
+
+    sought = []
+
+    async def call_thread(method, *partitions):
+        return method(*partitions)
+
+    aiokafka_consumer = SimpleNamespace(seek_to_beginning=lambda *tps: sought.extend(tps))
+    thread = SimpleNamespace(
+        app=SimpleNamespace(tables=SimpleNamespace(changelog_topics={"app-orders-changelog"}),
+                            conf=SimpleNamespace(consumer_auto_offset_reset="earliest")),
+        call_thread=call_thread, _ensure_consumer=lambda: aiokafka_consumer)
+    monkeypatch.setattr(faust_fixes, "_faust_seek_to_committed", faust_seek)
+    assert await faust_fixes._seek_to_committed(thread) is committed
+    assert sorted((tp.topic, tp.partition) for tp in sought) == [("intents", 1), ("intents", 3)]
