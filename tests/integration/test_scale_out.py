@@ -19,13 +19,6 @@ from worker.broker import free_port
 from worker.domain.notification import notification_id
 
 pytestmark = pytest.mark.integration
-# Not yet true: worker/faust_fixes.py stopped three ways faust-streaming lost events at a
-# rebalance, and most runs now pass, but some still lose a few confirmations (an intent
-# decided just before the stop and never read by the customer stage; an order's last
-# events never decided). Kept running so that the day it passes shows.
-LOSES_AT_REBALANCE = pytest.mark.xfail(strict=False, reason="faust-streaming can still lose "
-                                       "events at a rebalance (docs/reliability.md)")
-
 ORDERS = 600
 
 
@@ -39,7 +32,6 @@ def readiness(port: int) -> dict:
         return {"ready": False, "partitions": {}}
 
 
-@LOSES_AT_REBALANCE
 def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_or_repeated(stack, tmp_path):
     stack.without_quiet_hours()
     settings = settings_module.load(stack.env)
