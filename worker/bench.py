@@ -11,6 +11,7 @@ command's arrival on its dispatch topic to the provider's acceptance (p50, p99).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,15 +35,28 @@ from worker.settings import PROJECT_ROOT, Settings, load
 CHANNELS = ("email", "sms", "push", "wechat", "webhook", "in_app")
 
 
-def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: float) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="notifier-bench-"))
-    broker = None
+@contextlib.contextmanager
+def broker_for(settings: Settings, prefix: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A work folder and the environment for a benchmark's processes: the embedded broker
+    started in the folder, unless ``NOTIFIER_KAFKA_BOOTSTRAP`` names a cluster. Both go
+    at the end."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     env = dict(os.environ)
+    broker = None
     try:
         if "NOTIFIER_KAFKA_BOOTSTRAP" not in os.environ:
             broker = EmbeddedBroker(settings.kafka_libs, workdir / "broker", port=free_port())
             print("starting the embedded broker...", flush=True)
             env["NOTIFIER_KAFKA_BOOTSTRAP"] = broker.start()
+        yield workdir, env
+    finally:
+        if broker:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: float) -> int:
+    with broker_for(settings, "notifier-bench-") as (workdir, env):
         env.update({
             "NOTIFIER_APP_ID": f"bench-{int(time.time())}", "NOTIFIER_OUTBOX": str(workdir / "outbox.jsonl"),
             "NOTIFIER_PROVIDER_RATES": "", "NOTIFIER_SMS_PER_NUMBER_PER_SECOND": "0",
@@ -63,10 +78,6 @@ def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: fl
             for child in children:
                 child.terminate()
                 child.wait(20)
-    finally:
-        if broker:
-            broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     lines = [
         f"one senders process, {backlog:,} notifications over {len(CHANNELS)} channels, no faults: "
         f"{figures['rate']:,.0f} notifications/s",

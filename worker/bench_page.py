@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +27,8 @@ from aiokafka.errors import KafkaError
 import orjson
 
 from worker import simulate, topics
-from worker.bench import machine
-from worker.broker import EmbeddedBroker, free_port
+from worker.bench import broker_for, machine
+from worker.broker import free_port
 from worker.figures import write_block
 from worker.settings import PROJECT_ROOT, Settings, load
 
@@ -38,50 +37,41 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
     if not shutil.which("wrk"):
         print("notifier bench page needs wrk (Debian package wrk; make bench installs it)")
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="notifier-bench-page-"))
-    broker = None
-    env = dict(os.environ)
     workers = []
-    try:
-        if "NOTIFIER_KAFKA_BOOTSTRAP" not in os.environ:
-            broker = EmbeddedBroker(settings.kafka_libs, workdir / "broker", port=free_port())
-            print("starting the embedded broker...", flush=True)
-            env["NOTIFIER_KAFKA_BOOTSTRAP"] = broker.start()
-        env.update({"NOTIFIER_LOG_LEVEL": "warning",
-                    # The benchmark is one client address asking for many orders.
-                    "NOTIFIER_LOOKUPS_PER_MINUTE": "100000000"})
-        bench = load(env)
-        asyncio.run(topics.ensure(bench))
-        # Two workers, each in a consumer group of its own (so each reads every order): one
-        # renders every page, the other keeps the rendered pages of unchanged orders.
-        ports, groups = {}, {}
-        for cache in ("0", str(settings.page_cache_size)):
-            ports[cache], groups[cache] = free_port(), f"bench-page-{cache}-{int(time.time())}"
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "worker", "worker"], cwd=workdir,
-                env={**env, "NOTIFIER_APP_ID": groups[cache], "NOTIFIER_WEB_PORT": str(ports[cache]),
-                     "NOTIFIER_PAGE_CACHE_SIZE": cache, "NOTIFIER_DATA_DIR": str(workdir / cache)},
-                stdout=(workdir / f"worker-{cache}.log").open("wb"), stderr=subprocess.STDOUT))
-        records = list(simulate.stories(bench, count=orders, seed=2026, days=3,
-                                        start=datetime.now(UTC) - timedelta(days=4)))
-        emails = {r.key: r.data["customer"]["email"] for r in records
-                  if r.event_type == "order.created" and r.data["customer"].get("email")}
-        paths = [f"/track?{urlencode({'order': order, 'email': email})}" for order, email in emails.items()]
-        asyncio.run(simulate.produce(bench, iter(records), progress=False))
-        print(f"{len(records):,} events of {orders:,} orders written; waiting for the workers...", flush=True)
-        for group in groups.values():
-            asyncio.run(_caught_up(bench, group))
-        figures = {}
-        for cache, port in ports.items():
-            print(f"{concurrency} lookups in flight for {seconds:g} s, page cache {cache}...", flush=True)
-            figures[cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
-    finally:
-        for worker in workers:
-            worker.terminate()
-            worker.wait(20)
-        if broker:
-            broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with broker_for(settings, "notifier-bench-page-") as (workdir, env):
+        try:
+            env.update({"NOTIFIER_LOG_LEVEL": "warning",
+                        # The benchmark is one client address asking for many orders.
+                        "NOTIFIER_LOOKUPS_PER_MINUTE": "100000000"})
+            bench = load(env)
+            asyncio.run(topics.ensure(bench))
+            # Two workers, each in a consumer group of its own (so each reads every order): one
+            # renders every page, the other keeps the rendered pages of unchanged orders.
+            ports, groups = {}, {}
+            for cache in ("0", str(settings.page_cache_size)):
+                ports[cache], groups[cache] = free_port(), f"bench-page-{cache}-{int(time.time())}"
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "worker", "worker"], cwd=workdir,
+                    env={**env, "NOTIFIER_APP_ID": groups[cache], "NOTIFIER_WEB_PORT": str(ports[cache]),
+                         "NOTIFIER_PAGE_CACHE_SIZE": cache, "NOTIFIER_DATA_DIR": str(workdir / cache)},
+                    stdout=(workdir / f"worker-{cache}.log").open("wb"), stderr=subprocess.STDOUT))
+            records = list(simulate.stories(bench, count=orders, seed=2026, days=3,
+                                            start=datetime.now(UTC) - timedelta(days=4)))
+            emails = {r.key: r.data["customer"]["email"] for r in records
+                      if r.event_type == "order.created" and r.data["customer"].get("email")}
+            paths = [f"/track?{urlencode({'order': order, 'email': email})}" for order, email in emails.items()]
+            asyncio.run(simulate.produce(bench, iter(records), progress=False))
+            print(f"{len(records):,} events of {orders:,} orders written; waiting for the workers...", flush=True)
+            for group in groups.values():
+                asyncio.run(_caught_up(bench, group))
+            figures = {}
+            for cache, port in ports.items():
+                print(f"{concurrency} lookups in flight for {seconds:g} s, page cache {cache}...", flush=True)
+                figures[cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait(20)
     rendered, cached = figures["0"], figures[str(settings.page_cache_size)]
     lines = [
         f"every page rendered (NOTIFIER_PAGE_CACHE_SIZE=0), {concurrency} lookups in flight: "

@@ -24,12 +24,9 @@ import asyncio
 import dataclasses
 import itertools
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -45,8 +42,8 @@ from aiokafka.structs import TopicPartition
 
 from worker import simulate, topics
 from worker.agenda import HOUR, MINUTE
-from worker.bench import machine
-from worker.broker import EmbeddedBroker, free_port
+from worker.bench import broker_for, machine
+from worker.broker import free_port
 from worker.figures import write_block
 from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
 
@@ -57,14 +54,7 @@ CUSTOMER_ID = re.compile(rb"CU-\d{5}")
 
 
 def run(settings: Settings, events: int, active: list[int]) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="notifier-bench-worker-"))
-    broker = None
-    env = dict(os.environ)
-    try:
-        if "NOTIFIER_KAFKA_BOOTSTRAP" not in os.environ:
-            broker = EmbeddedBroker(settings.kafka_libs, workdir / "broker", port=free_port())
-            print("starting the embedded broker...", flush=True)
-            env["NOTIFIER_KAFKA_BOOTSTRAP"] = broker.start()
+    with broker_for(settings, "notifier-bench-worker-") as (workdir, env):
         env.update({"NOTIFIER_LOG_LEVEL": "warning", "NOTIFIER_CLOCK": "event"})
         bench = load(env)
         asyncio.run(topics.ensure(bench))
@@ -110,10 +100,6 @@ def run(settings: Settings, events: int, active: list[int]) -> int:
                     line += f"; {held['disk'] / count / 1024:,.2f} KiB an order on disk"
                 print("    " + line.removeprefix("(c) "), flush=True)
                 lines.append(line)
-    finally:
-        if broker:
-            broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     for line in lines:
         print(line)
     how = f"notifier bench worker --events {events} --active {','.join(map(str, active))}"

@@ -1,4 +1,4 @@
-"""How the long-running processes treat Python's garbage collector once they have started."""
+"""How the worker treats Python's garbage collector once it has started."""
 
 from __future__ import annotations
 

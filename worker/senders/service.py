@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker import codec, metrics, runtime, topics
+from worker import codec, metrics, topics
 from worker.codec import BadInput
 from worker.senders import ByPlatform, PermanentFailure, RetryLater, Sender
 from worker.senders.flow import Flow
@@ -99,7 +99,6 @@ class SendersService:
         await self.retries.start()
         log.info("senders ready: %s; ledger holds %d outcomes", ", ".join(self.senders),
                  len(self.ledger))
-        runtime.settle()
         try:
             await asyncio.gather(Flow(self.consumer, self._handle, ordered=True).run(),
                                  Flow(self.retries, self._retry, ordered=False).run())
