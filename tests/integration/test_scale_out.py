@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from tests.integration.conftest import wait_for
 from worker import settings as settings_module, simulate
@@ -26,6 +28,27 @@ LOSES_AT_REBALANCE = pytest.mark.xfail(strict=False, reason="a rebalance can sti
                                        "notifications, rarely (docs/reliability.md)")
 
 ORDERS = 600
+
+
+async def _records_naming(settings, ids: list[str]) -> dict[str, int]:
+    """How many records of each topic name one of ``ids``: how far a lost one got."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(t, p) for t in cluster.topics() for p in cluster.partitions_for_topic(t)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        found: Counter = Counter()
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for tp, batch in (await consumer.getmany(timeout_ms=1000, max_records=20_000)).items():
+                for record in batch:
+                    text = (record.key or b"") + (record.value or b"")
+                    found[tp.topic] += sum(1 for i in ids if i.encode() in text)
+        return {topic: n for topic, n in found.items() if n}
+    finally:
+        await consumer.stop()
 
 
 def readiness(port: int) -> dict:
@@ -84,8 +107,13 @@ def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_
         return Counter(e["request"]["notification_id"] for e in stack.outbox_entries()
                        if e["request"].get("notification_id") in expected)
 
-    assert wait_for(lambda: set(delivered()) == expected, timeout=30), \
-        f"{len(delivered())} of {len(expected)} delivered"
+    if not wait_for(lambda: set(delivered()) == expected, timeout=30):
+        lost = {notification_id(r.key, "order_confirmed"): r.key for r in records
+                if r.event_type == "order.created"}
+        lost = {n: o for n, o in lost.items() if n not in delivered()}
+        pytest.fail(f"{len(expected) - len(lost)} of {len(expected)} delivered; where the lost "
+                    f"ones got to (topic: records naming them): "
+                    f"{asyncio.run(_records_naming(settings, [*lost, *lost.values()]))}")
     stack.processes["senders"].terminate()  # nothing more may come
     stack.processes["senders"].wait(30)
     counts = delivered()
