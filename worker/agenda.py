@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
