@@ -80,6 +80,11 @@ class Settings:
     smtp_password: str = ""
     smtp_starttls: bool = False
     email_from: str = "notifications@shop.example"
+    # The mail provider's events API (shaped like Mailgun's, for https://api.mailgun.net):
+    # after a crash in the middle of a send, it tells whether the message was taken, so it is
+    # not sent again. Empty: a plain SMTP server, which cannot tell.
+    email_events_url: str = "http://127.0.0.1:6076"
+    email_events_key: str = "dev-mail-events-key"
     sms_url: str = "http://127.0.0.1:6071"
     sms_account_sid: str = "AC0000000000000000000000000000dev"
     sms_auth_token: str = "dev-auth-token"
@@ -226,7 +231,7 @@ def _check(s: Settings) -> None:
         port = getattr(s, key)
         if not 0 < port < 65536:
             raise SettingsError(f"{PREFIX}{key.upper()}={port}: expected a port from 1 to 65535")
-    for key in _URLS:
+    for key in (*_URLS, *(("email_events_url",) if s.email_events_url else ())):
         url = urlsplit(getattr(s, key))
         if url.scheme not in ("http", "https") or not url.hostname:
             raise SettingsError(

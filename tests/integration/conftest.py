@@ -56,6 +56,7 @@ class Stack:
             "NOTIFIER_APNS_URL": f"http://127.0.0.1:{free_port()}",
             "NOTIFIER_WECHAT_URL": f"http://127.0.0.1:{free_port()}",
             "NOTIFIER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks",
+            "NOTIFIER_EMAIL_EVENTS_URL": f"http://127.0.0.1:{free_port()}",
             "NOTIFIER_TOPIC_DISPATCH_PREFIX": self.dispatch_prefix,
             # Tests send many SMS from one number; the per-number limit has its unit tests.
             "NOTIFIER_SMS_PER_NUMBER_PER_SECOND": "0",

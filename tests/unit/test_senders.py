@@ -50,6 +50,7 @@ async def sink(tmp_path: Path):
         apns_url=f"http://127.0.0.1:{free_port()}",
         wechat_url=f"http://127.0.0.1:{free_port()}",
         webhook_url=f"http://127.0.0.1:{free_port()}/webhooks", provider_timeout_seconds=1,
+        email_events_url=f"http://127.0.0.1:{free_port()}",
         sms_per_number_per_second=0)
     servers = await sinks.serve(settings)
     yield settings
@@ -74,6 +75,25 @@ async def test_email_is_multipart_alternative_with_both_parts(sink):
     assert message.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
     assert message["Subject"] == "【熊猫优选】您的订单已发货"
+
+
+async def test_after_a_crash_the_mail_relays_events_api_tells_whether_it_took_a_message(sink):
+    sender = EmailSender(sink)
+    taken = command("email", {"email": "li@example.com"}, nid="ntf-taken")
+    await sender.send(taken)
+    never = command("email", {"email": "li@example.com"}, nid="ntf-never")
+    since = "2026-01-01T00:00:00+00:00"
+    found = await sender.find(taken, since)
+    assert found is not None and found.provider_message_id == "<ntf-taken@order-notifier>"
+    assert await sender.find(never, since) is None
+    # Asked only about what came after the interrupted attempt began.
+    assert await sender.find(taken, "2099-01-01T00:00:00+00:00") is None
+    # No relay to ask, or one that does not answer: the message goes again.
+    unreachable = EmailSender(dataclasses.replace(sink, email_events_url=f"http://127.0.0.1:{free_port()}"))
+    assert await unreachable.find(taken, since) is None
+    assert await EmailSender(dataclasses.replace(sink, email_events_url="")).find(taken, since) is None
+    for s in (sender, unreachable):
+        await s.close()
 
 
 async def test_sms_goes_as_twilio_would_take_it_in_at_most_two_segments(sink):

@@ -40,6 +40,7 @@ class Sender(ABC):
     channel: str
     provider: str
     drops_repeats = False  # the provider itself drops a repeated send (by our id)
+    tells_what_it_took = False  # ``find`` can ask the provider what it took
 
     @abstractmethod
     async def send(self, command: dict[str, Any]) -> Delivery:

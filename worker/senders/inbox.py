@@ -19,6 +19,7 @@ SOURCE = "urn:order-notifier:inbox"
 class InboxSender(Sender):
     channel = "in_app"
     provider = "inbox"
+    tells_what_it_took = True  # the inbox topic itself
 
     def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
         self.settings, self.topic, self.producer = settings, settings.topics.inbox, producer

@@ -72,7 +72,8 @@ class SendersService:
     def __init__(self, settings: Settings, senders: dict[str, Sender] | None = None) -> None:
         self.settings = settings
         self.ledger: set[str] = set()  # notification ids with an outcome
-        self.uncertain: dict[str, str] = {}  # begun before a crash, no outcome: id -> when
+        # Attempts that may have reached the provider (begun before a crash, or cut off): id -> when
+        self.uncertain: dict[str, str] = {}
         self.in_flight: set[str] = set()
         # Markers and outcomes of many concurrent sends share produce requests: fewer,
         # larger requests cost the broker much less CPU than one per record.
@@ -181,17 +182,18 @@ class SendersService:
 
     async def _begin(self, sender: Sender, channel: str, command: dict[str, Any], attempts: int,
                      origin: dict[str, Any]) -> RetryLater | None:
-        """The call, unless the provider took this send before a crash; a failure that may
-        pass comes back, to be retried."""
+        """The call, unless the provider took this send already (before a crash, or before
+        the line broke on an earlier attempt); a failure that may pass comes back, to be
+        retried."""
         nid = command["notification_id"]
         since = self.uncertain.pop(nid, None)
         if since and (found := await sender.find(command, since)):
-            log.info("taken by the provider before a crash", extra={"notification_id": nid})
+            log.info("the provider had taken it already", extra={"notification_id": nid})
             await self._report(command, channel, sender.provider, "sent", attempts + 1,
                                {"provider_message_id": found.provider_message_id})
             return None
-        if since:
-            log.warning("sending again after a crash; %s cannot tell whether it took the first",
+        if since and not sender.tells_what_it_took:
+            log.warning("sending again; %s cannot tell whether it took the interrupted attempt",
                         sender.provider, extra={"notification_id": nid})
         return await self._call(sender, channel, command, attempts + 1, origin)
 
@@ -206,10 +208,11 @@ class SendersService:
                     origin: dict[str, Any]) -> RetryLater | None:
         guard = self._guard(sender.provider)
         await guard.wait(sender.provider)
+        begun = _now().isoformat()
         if not sender.drops_repeats:
             # Written before the call: after a crash, the provider is asked before a resend.
             await self.producer.send_and_wait(self.settings.topics.attempts,
-                                              orjson.dumps({"at": _now().isoformat()}),
+                                              orjson.dumps({"at": begun}),
                                               key=command["notification_id"].encode())
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -230,6 +233,8 @@ class SendersService:
             if retry.answered and not sender.drops_repeats:  # it said no: nothing is uncertain
                 await self.producer.send_and_wait(self.settings.topics.attempts, None,
                                                   key=command["notification_id"].encode())
+            elif not sender.drops_repeats:  # the line broke: it may have taken it; ask first
+                self.uncertain[command["notification_id"]] = begun
             if attempts >= self.settings.retry_attempts:
                 await self._give_up(command, channel, sender.provider, attempts, origin, retry)
                 return None

@@ -22,6 +22,7 @@ PERMANENT = {21211: "invalid_recipient", 21214: "invalid_recipient", 21612: "inv
 class SmsSender(Sender):
     channel = "sms"
     provider = "twilio"
+    tells_what_it_took = True  # its message list
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

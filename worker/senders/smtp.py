@@ -1,17 +1,31 @@
-"""Email over SMTP: multipart/alternative, plain text beside HTML."""
+"""Email over SMTP: multipart/alternative, plain text beside HTML.
+
+SMTP cannot say whether a message was taken when the line broke before the answer. The
+relays shops send through (Mailgun, SendGrid, SES) keep an events API that can: after a
+crash in the middle of a send, :meth:`EmailSender.find` asks it (Mailgun's shape,
+``GET /v3/{domain}/events?message-id=…&event=accepted``) by the message's stable
+Message-ID before sending again."""
 
 from __future__ import annotations
 
 import base64
+import logging
 import ssl
 from email.utils import format_datetime
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 
-from worker.senders import Delivery, PermanentFailure, RetryLater, Sender
+from worker.senders import Delivery, PermanentFailure, RetryLater, Sender, http
 from worker.settings import Settings
+
+log = logging.getLogger("worker.senders")
+
+
+def message_id(notification_id: str) -> str:
+    return f"<{notification_id}@order-notifier>"
 
 
 def build_message(command: dict[str, Any], sender: str, public_url: str) -> bytes:
@@ -25,7 +39,7 @@ def build_message(command: dict[str, Any], sender: str, public_url: str) -> byte
         ("Subject", _encoded_words(content.get("subject", ""))),
         ("Date", format_datetime(datetime.fromisoformat(command["created_at"]))),
         # Stable per notification, so a provider or a mail client recognises a repeat.
-        ("Message-ID", f"<{nid}@order-notifier>"),
+        ("Message-ID", message_id(nid)),
         ("X-Notification-Id", nid),
         ("X-Notification-Kind", command["kind"]),
         ("MIME-Version", "1.0"),
@@ -77,6 +91,8 @@ class EmailSender(Sender):
         self.settings = settings
         self.tls = ssl.create_default_context() if settings.smtp_starttls else None
         self.idle: list[aiosmtplib.SMTP] = []
+        self.events: aiohttp.ClientSession | None = None  # the relay's events API, when asked
+        self.tells_what_it_took = bool(settings.email_events_url)
 
     async def send(self, command: dict[str, Any]) -> Delivery:
         s = self.settings
@@ -99,7 +115,34 @@ class EmailSender(Sender):
             self.idle.append(client)
         else:
             await _close(client)
-        return Delivery(provider_message_id=f"<{command['notification_id']}@order-notifier>")
+        return Delivery(provider_message_id=message_id(command["notification_id"]))
+
+    async def find(self, command: dict[str, Any], since: str) -> Delivery | None:
+        """Did the relay accept this message (by its Message-ID) since the interrupted
+        attempt? None when it did not, or when there is no events API to ask, or it does
+        not answer: then the message goes again, with the same Message-ID."""
+        s = self.settings
+        if not s.email_events_url:
+            return None
+        wanted = message_id(command["notification_id"])
+        domain = s.email_from.rpartition("@")[2]
+        url = f"{s.email_events_url.rstrip('/')}/v3/{domain}/events"
+        query = {"message-id": wanted.strip("<>"), "event": "accepted", "ascending": "yes",
+                 "begin": str(datetime.fromisoformat(since).timestamp() - 60)}  # clocks differ
+        if self.events is None:
+            self.events = http.session(s.provider_timeout_seconds, connections=16)
+        try:
+            response, body = await http.call(self.events.get(
+                url, params=query, auth=aiohttp.BasicAuth("api", s.email_events_key)))
+            http.judge(response)
+        except (RetryLater, PermanentFailure) as error:
+            log.warning("the mail relay's events API did not answer (%s); sending again", error,
+                        extra={"notification_id": command["notification_id"]})
+            return None
+        for item in (body or {}).get("items", []):
+            if item.get("message", {}).get("headers", {}).get("message-id") == wanted.strip("<>"):
+                return Delivery(provider_message_id=wanted)
+        return None
 
     async def _connect_or_retry(self) -> aiosmtplib.SMTP:
         try:
@@ -125,6 +168,8 @@ class EmailSender(Sender):
     async def close(self) -> None:
         while self.idle:
             await _close(self.idle.pop())
+        if self.events is not None:
+            await self.events.close()
 
 
 async def _close(client: aiosmtplib.SMTP | None) -> None:

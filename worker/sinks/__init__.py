@@ -2,7 +2,8 @@
 
 A real SMTP server (aiosmtpd) listens where ``NOTIFIER_SMTP_HOST``/``PORT`` point, and
 HTTP servers shaped like the providers' APIs where ``NOTIFIER_SMS_URL``, ``PUSH_URL``,
-``APNS_URL`` (HTTP/2), ``WECHAT_URL`` and ``WEBHOOK_URL`` point (:mod:`worker.sinks.providers`). Everything
+``APNS_URL`` (HTTP/2), ``WECHAT_URL``, ``WEBHOOK_URL`` and ``EMAIL_EVENTS_URL`` (the mail
+relay's events API) point (:mod:`worker.sinks.providers`). Everything
 received is appended to ``NOTIFIER_OUTBOX`` as one JSON object a line (``channel``,
 ``received_at``, ``request`` as the provider saw it), and an inbox page on
 ``NOTIFIER_SINKS_WEB_PORT`` shows the latest messages.
@@ -18,6 +19,7 @@ from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 import html
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,8 +63,10 @@ def read_outbox(path: Path) -> list[dict[str, Any]]:
 class SmtpSink:
     """aiosmtpd handler: accept every deliverable message and record it."""
 
-    def __init__(self, outbox: Outbox, faults: providers.Faults) -> None:
+    def __init__(self, outbox: Outbox, faults: providers.Faults,
+                 accepted: list[dict[str, Any]]) -> None:
         self.outbox, self.faults = outbox, faults
+        self.accepted = accepted  # what the relay's events API tells of
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -84,6 +88,7 @@ class SmtpSink:
             "subject": subject,
             "data": raw.decode("utf-8", "replace"),
         })
+        self.accepted.append(providers.mail_event(headers, time.time()))
         return "250 Message accepted for delivery"
 
 
@@ -92,8 +97,13 @@ async def serve(settings: Settings) -> list[Any]:
     outbox = Outbox(settings.outbox)
     faults = providers.Faults.parse(settings.sink_faults)
     loop = asyncio.get_running_loop()
+    # The relay remembers what it took before a restart of the sinks, too.
+    accepted = [providers.mail_event(HEADERS.parsebytes(e["request"]["data"].encode()),
+                                     datetime.fromisoformat(e["received_at"]).timestamp())
+                for e in read_outbox(settings.outbox) if e["channel"] == "email"]
     smtp = await loop.create_server(
-        lambda: SMTP(SmtpSink(outbox, faults), hostname="sinks.local", data_size_limit=16 * 1024 * 1024),
+        lambda: SMTP(SmtpSink(outbox, faults, accepted), hostname="sinks.local",
+                     data_size_limit=16 * 1024 * 1024),
         host=settings.smtp_host, port=settings.smtp_port,
     )
     app = web.Application()
@@ -108,6 +118,10 @@ async def serve(settings: Settings) -> list[Any]:
         provider.router.add_route("*", "/_faults", providers.faults_view(faults))
         where = urlsplit(url)
         runners.append(await _start(provider, where.hostname or "127.0.0.1", where.port or 80))
+    if settings.email_events_url:
+        events = urlsplit(settings.email_events_url)
+        runners.append(await _start(providers.mail_events_app(settings, accepted),
+                                    events.hostname or "127.0.0.1", events.port or 80))
     apns = urlsplit(settings.apns_url)
     runners.append(await providers.Http2Sink(providers.apns_app(settings, outbox.record, faults),
                                              apns.hostname or "127.0.0.1", apns.port or 80).listening())

@@ -10,6 +10,9 @@
 - Webhooks: the shop's endpoint, checking Standard Webhooks signatures and, as the scheme
   asks of receivers, dropping a repeated ``webhook-id``.
 
+- The mail relay's events API like Mailgun's: ``GET /v3/{domain}/events?message-id=…``,
+  basic auth ``api:<key>``: the messages the SMTP sink accepted.
+
 Repeats that a provider drops are still recorded, marked ``"duplicate": true``.
 
 Faults (``NOTIFIER_SINK_FAULTS="error=0.3,throttle=0.1,timeout=0.05"``, or JSON posted
@@ -95,6 +98,34 @@ class Faults:
 
 
 Record = Callable[[str, dict[str, Any]], None]
+
+
+def mail_event(headers: Any, at: float) -> dict[str, Any]:
+    """One accepted message as Mailgun's events API tells it (Message-ID without brackets)."""
+    return {"event": "accepted", "id": uuid.uuid4().hex, "timestamp": at,
+            "message": {"headers": {"message-id": str(headers.get("Message-ID", "")).strip().strip("<>"),
+                                    "subject": str(headers.get("Subject", ""))}}}
+
+
+def mail_events_app(settings: Settings, accepted: list[dict[str, Any]]) -> web.Application:
+    expected = "Basic " + base64.b64encode(f"api:{settings.email_events_key}".encode()).decode()
+
+    async def events(request: web.Request) -> web.Response:
+        """``GET /v3/{domain}/events?message-id=…&event=accepted&begin=<epoch>``."""
+        if request.headers.get("Authorization") != expected:
+            return web.Response(status=401, text="Forbidden")
+        wanted, kind = request.query.get("message-id"), request.query.get("event", "accepted")
+        try:
+            begin = float(request.query.get("begin", "0"))
+        except ValueError:
+            return web.json_response({"message": "Invalid begin"}, status=400)
+        found = [e for e in accepted if e["timestamp"] >= begin and e["event"] == kind
+                 and (not wanted or e["message"]["headers"]["message-id"] == wanted)]
+        return web.json_response({"items": found[:300], "paging": {}})
+
+    app = web.Application()
+    app.router.add_get("/v3/{domain}/events", events)
+    return app
 
 
 def sms_app(settings: Settings, record: Record, faults: Faults) -> web.Application:
