@@ -63,7 +63,8 @@ def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: fl
             "NOTIFIER_LOG_LEVEL": "warning",
             "NOTIFIER_SENDERS_WEB_PORT": str(free_port()), "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
             "NOTIFIER_SMTP_PORT": str(free_port()),
-            **{f"NOTIFIER_{name}_URL": f"http://127.0.0.1:{free_port()}" for name in ("SMS", "PUSH", "APNS", "WECHAT")},
+            **{f"NOTIFIER_{name}_URL": f"http://127.0.0.1:{free_port()}"
+               for name in ("SMS", "PUSH", "APNS", "WECHAT", "EMAIL_EVENTS")},
             "NOTIFIER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks",
         })
         bench = load(env)

@@ -5,15 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 
 from worker.senders import PermanentFailure, RetryLater
 
 
 def session(timeout_seconds: float, connections: int = 256) -> aiohttp.ClientSession:
-    """Kept-alive connections, as many as the senders' calls in flight."""
+    """Kept-alive connections, as many as the senders' calls in flight; JSON bodies by
+    orjson (the standard library's encoder was a tenth of the senders' CPU)."""
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_seconds),
                                  connector=aiohttp.TCPConnector(limit=connections),
-                                 raise_for_status=False)
+                                 json_serialize=_json, raise_for_status=False)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def retry_after(response: aiohttp.ClientResponse) -> float | None:

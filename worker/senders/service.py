@@ -77,8 +77,10 @@ class SendersService:
         self.in_flight: set[str] = set()
         # Markers and outcomes of many concurrent sends share produce requests: fewer,
         # larger requests cost the broker much less CPU than one per record.
+        # And a batch large enough for every send in flight: a full batch holds up each
+        # further send until it has gone to the broker and back.
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_servers, acks="all",
-                                         linger_ms=10)
+                                         linger_ms=10, max_batch_size=512 * 1024)
         self.senders = senders or build_senders(settings, self.producer)
         self.guards: dict[str, Guard] = {}  # by provider, made on first use
         self.topic_channel = {settings.topics.dispatch(c): c for c in self.senders}

@@ -8,6 +8,7 @@ from asyncio import sleep
 import hashlib
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 from worker.senders import Delivery, PermanentFailure, Sender, http
 from worker.senders.guard import TokenBucket
@@ -30,6 +31,7 @@ class SmsSender(Sender):
                     f"{settings.sms_account_sid}/Messages.json")
         account = f"{settings.sms_account_sid}:{settings.sms_auth_token}".encode()
         self.headers = {"Authorization": "Basic " + base64.b64encode(account).decode()}
+        self.form_headers = {**self.headers, "Content-Type": "application/x-www-form-urlencoded"}
         self.http = http.session(settings.provider_timeout_seconds)
         rate = settings.sms_per_number_per_second
         self.per_number = {n: TokenBucket(rate, 1.0) for n in settings.sms_numbers}
@@ -45,7 +47,9 @@ class SmsSender(Sender):
                 # The delivery receipt names the notification (issue: engagement).
                 "StatusCallback": f"{self.settings.public_url.rstrip('/')}/callbacks/sms"
                                   f"?n={command['notification_id']}&l={command.get('link_token', '')}"}
-        response, body = await http.call(self.http.post(self.url, data=form, headers=self.headers))
+        # Encoded here: aiohttp's FormData takes several times as long for four fields.
+        response, body = await http.call(self.http.post(self.url, data=urlencode(form).encode(),
+                                                        headers=self.form_headers))
         if response.status == 400 and isinstance(body, dict) and body.get("code") in PERMANENT:
             raise PermanentFailure(PERMANENT[body["code"]], f"twilio {body['code']}")
         http.judge(response)
