@@ -132,8 +132,8 @@ class EmailSender(Sender):
         if self.events is None:
             self.events = http.session(s.provider_timeout_seconds, connections=16)
         try:
-            response, body = await http.call(self.events.get(
-                url, params=query, auth=aiohttp.BasicAuth("api", s.email_events_key)))
+            response, body = await http.call(self.events.get(url, params=query, headers={
+                "Authorization": aiohttp.BasicAuth("api", s.email_events_key).encode()}))
             http.judge(response)
         except (RetryLater, PermanentFailure) as error:
             log.warning("the mail relay's events API did not answer (%s); sending again", error,
