@@ -136,7 +136,7 @@ class EmailSender(Sender):
                 "Authorization": aiohttp.BasicAuth("api", s.email_events_key).encode()}))
             http.judge(response)
         except (RetryLater, PermanentFailure) as error:
-            log.warning("the mail relay's events API did not answer (%s); sending again", error,
+            log.warning("the mail relay's events API could not be asked (%s); sending again", error,
                         extra={"notification_id": command["notification_id"]})
             return None
         for item in (body or {}).get("items", []):
