@@ -136,8 +136,8 @@ class EmailSender(Sender):
                 "Authorization": aiohttp.BasicAuth("api", s.email_events_key).encode()}))
             http.judge(response)
         except (RetryLater, PermanentFailure) as error:
-            log.warning("the mail relay's events API could not be asked (%s); sending again", error,
-                        extra={"notification_id": command["notification_id"]})
+            log.warning("the mail relay's events API could not be asked (%s); sending again",
+                        error, extra={"notification_id": command["notification_id"]})
             return None
         for item in (body or {}).get("items", []):
             if item.get("message", {}).get("headers", {}).get("message-id") == wanted.strip("<>"):
