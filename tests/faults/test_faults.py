@@ -81,7 +81,8 @@ def test_kills_poison_and_failing_providers_lose_nothing_and_repeat_nothing(stac
     # Two more days of ticks: every quiet night is over and every deadline has come.
     records += [t for hours in range(6, 49, 6)
                 for t in simulate.ticks(settings, max(r.time for r in records) + timedelta(hours=hours))]
-    expected = {i.notification_id: i.kind for i in Replay(load_rules(settings)).run(records).intents}
+    decided = Replay(load_rules(settings)).run(records).intents
+    expected = {i.notification_id: i.kind for i in decided}
     bad = poison(settings, [r for r in records if r.event_type != "clock.tick"], rng)
     stream = [(r.topic, r.key.encode(), *r.encoded()) for r in records]
     for topic, key, value, headers, _ in bad:
@@ -115,8 +116,14 @@ def test_kills_poison_and_failing_providers_lose_nothing_and_repeat_nothing(stac
     wait_for(settled, timeout=300, interval=5)
     done = {o["notification_id"] for o in outcomes(settings)}
     missing = sorted(e for e in expected if not any(d == e or d.startswith(e + "-") for d in done))
-    assert not missing, (f"{len(missing)} of {len(expected)} decided notifications have no "
-                         f"outcome, by kind: {Counter(expected[m] for m in missing)}")
+    if missing:
+        by_id = {i.notification_id: i for i in decided}
+        example = by_id[missing[0]]
+        told = sorted((o["kind"], o["type"], o.get("occurred_at")) for o in outcomes(settings)
+                      if o["order_id"] == example.order_id)
+        pytest.fail(f"{len(missing)} of {len(expected)} decided notifications have no outcome, "
+                    f"by kind: {Counter(expected[m] for m in missing)}; e.g. {example}; the "
+                    f"order's outcomes: {told}")
     time.sleep(5)  # anything repeated would be here by now
     seen = outcomes(settings)
     finals = Counter(o["notification_id"] for o in seen)

@@ -53,7 +53,7 @@ def consumed(stack) -> float:
                        if line.startswith("notifier_duplicate_events_total{"))
 
 
-def settled(stack, settings, inputs: int, quiet_seconds: float = 20,
+def settled(stack, settings, inputs: int, quiet_seconds: float = 10,
             timeout: float = 480) -> list[dict]:
     """Outcomes once the worker has read every input, every command dispatched has its
     outcome, and their number stopped growing."""

@@ -132,8 +132,9 @@ class EmailSender(Sender):
         if self.events is None:
             self.events = http.session(s.provider_timeout_seconds, connections=16)
         try:
-            response, body = await http.call(self.events.get(url, params=query, headers={
-                "Authorization": aiohttp.BasicAuth("api", s.email_events_key).encode()}))
+            key = base64.b64encode(f"api:{s.email_events_key}".encode()).decode()
+            response, body = await http.call(self.events.get(
+                url, params=query, headers={"Authorization": f"Basic {key}"}))
             http.judge(response)
         except (RetryLater, PermanentFailure) as error:
             log.warning("the mail relay's events API could not be asked (%s); sending again",
