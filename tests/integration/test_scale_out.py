@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -111,9 +112,12 @@ def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_
         lost = {notification_id(r.key, "order_confirmed"): r.key for r in records
                 if r.event_type == "order.created"}
         lost = {n: o for n, o in lost.items() if n not in delivered()}
-        pytest.fail(f"{len(expected) - len(lost)} of {len(expected)} delivered; where the lost "
-                    f"ones got to (topic: records naming them): "
-                    f"{asyncio.run(_records_naming(settings, [*lost, *lost.values()]))}")
+        report = (f"{len(expected) - len(lost)} of {len(expected)} delivered; where the lost "
+                  f"ones got to (topic: records naming them): "
+                  f"{asyncio.run(_records_naming(settings, [*lost, *lost.values()]))}")
+        # A warning shows in the run's summary even while the test is an expected failure.
+        warnings.warn(f"scale-out loss: {report}", stacklevel=1)
+        pytest.fail(report)
     stack.processes["senders"].terminate()  # nothing more may come
     stack.processes["senders"].wait(30)
     counts = delivered()
