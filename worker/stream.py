@@ -209,16 +209,20 @@ class Pipeline:
         envelope = codec.decode(m.key, m.value, m.headers, accepted_types=accepted,
                                 max_bytes=self.settings.max_event_bytes)
         metrics.events_consumed.labels(m.topic, envelope.type).inc()
+        order_id = envelope.data.get("order_id")
+        if envelope.type != "clock.tick" and order_id != m.key.decode("utf-8", "replace"):
+            # Before the clock: a bad input changes nothing, not even the time.
+            raise BadInput("wrong_key", "record key differs from data.order_id")
         now = self._advance_clock(self.clock, self.clock_marks, m.partition, _event_time(envelope))
         if envelope.type == "clock.tick":
-            self.tick_target[m.partition] = max(now, self.tick_target.get(m.partition, now))
+            # Under the event clock, as far as the tick says: order events read ahead of
+            # the partition's tracking events must not carry decisions past scans not read yet.
+            reached = _event_time(envelope) or now if self.settings.event_clock else now
+            self.tick_target[m.partition] = max(reached, self.tick_target.get(m.partition, reached))
             await self._decide_until_tick(m.partition)
             return
         if m.topic == self.settings.topics.orders:
             self.orders_read[m.partition] = (m.offset, envelope.time or now)
-        order_id = envelope.data["order_id"]
-        if order_id != m.key.decode("utf-8", "replace"):
-            raise BadInput("wrong_key", "record key differs from data.order_id")
         known = self.order_state(order_id)
         active_before = known.active_parcels if known else 0
         applied = order.apply(known, envelope, received_at=_wall_now())

@@ -118,6 +118,11 @@ def test_kills_poison_and_failing_providers_lose_nothing_and_repeat_nothing(stac
     wait_for(settled, timeout=300, interval=5)
     done = {o["notification_id"] for o in outcomes(settings)}
     missing = sorted(e for e in expected if not any(d == e or d.startswith(e + "-") for d in done))
+    if os.environ.get("FAULT_DUMP"):
+        import pickle
+        with open(os.environ["FAULT_DUMP"], "wb") as f:
+            pickle.dump({"decided": decided, "outcomes": outcomes(settings), "missing": missing,
+                         "records": records}, f)
     if missing:
         by_id = {i.notification_id: i for i in decided}
         example = by_id[missing[0]]
