@@ -9,7 +9,7 @@ KAFKA_LIBS := .cache/kafka-libs
 COMPOSE_SPEC := .cache/compose-spec.json
 STAMP      := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test test-unit test-integration test-policy test-faults bench install broker-jars tools clean
+.PHONY: run test test-unit test-integration test-policy test-faults bench soak install broker-jars tools clean
 
 run: install broker-jars
 	$(BIN)/notifier dev
@@ -38,6 +38,13 @@ bench: install broker-jars
 	$(BIN)/notifier bench worker
 	$(BIN)/notifier bench senders
 	$(BIN)/notifier bench page
+
+# The whole product at a steady rate for a while (SOAK_MINUTES, SOAK_RATE): docs/soak.png.
+SOAK_MINUTES ?= 10
+SOAK_RATE    ?= 400
+soak: install broker-jars
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[test,soak]'
+	$(BIN)/notifier soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
 
 install: $(STAMP)
 

@@ -55,18 +55,23 @@ def broker_for(settings: Settings, prefix: str) -> Iterator[tuple[Path, dict[str
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def local_providers(workdir: Path) -> dict[str, str]:
+    """Settings for sinks and senders of a benchmark's own: free ports, no rate limits, quiet logs."""
+    return {
+        "NOTIFIER_OUTBOX": str(workdir / "outbox.jsonl"),
+        "NOTIFIER_PROVIDER_RATES": "", "NOTIFIER_SMS_PER_NUMBER_PER_SECOND": "0",
+        "NOTIFIER_LOG_LEVEL": "warning",
+        "NOTIFIER_SENDERS_WEB_PORT": str(free_port()), "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
+        "NOTIFIER_SMTP_PORT": str(free_port()),
+        **{f"NOTIFIER_{name}_URL": f"http://127.0.0.1:{free_port()}"
+           for name in ("SMS", "PUSH", "APNS", "WECHAT", "EMAIL_EVENTS")},
+        "NOTIFIER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks",
+    }
+
+
 def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: float) -> int:
     with broker_for(settings, "notifier-bench-") as (workdir, env):
-        env.update({
-            "NOTIFIER_APP_ID": f"bench-{int(time.time())}", "NOTIFIER_OUTBOX": str(workdir / "outbox.jsonl"),
-            "NOTIFIER_PROVIDER_RATES": "", "NOTIFIER_SMS_PER_NUMBER_PER_SECOND": "0",
-            "NOTIFIER_LOG_LEVEL": "warning",
-            "NOTIFIER_SENDERS_WEB_PORT": str(free_port()), "NOTIFIER_SINKS_WEB_PORT": str(free_port()),
-            "NOTIFIER_SMTP_PORT": str(free_port()),
-            **{f"NOTIFIER_{name}_URL": f"http://127.0.0.1:{free_port()}"
-               for name in ("SMS", "PUSH", "APNS", "WECHAT", "EMAIL_EVENTS")},
-            "NOTIFIER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks",
-        })
+        env.update(local_providers(workdir), NOTIFIER_APP_ID=f"bench-{int(time.time())}")
         bench = load(env)
         asyncio.run(topics.ensure(bench))
         children = [subprocess.Popen([sys.executable, "-m", "worker", name], env=env, cwd=workdir,

@@ -69,7 +69,7 @@ def run(settings: Settings, events: int, active: list[int]) -> int:
         raw = asyncio.run(_raw_pipe(bench, inputs, len(records)))
         print("(b) the worker...", flush=True)
         app_id = f"bench-worker-{int(time.time())}"
-        worker = _Worker(env, workdir, app_id)
+        worker = WorkerProcess(env, workdir, app_id)
         try:
             began = worker.ready()
             # Done when the inputs are read, and the intents they set off too (the customer
@@ -144,7 +144,7 @@ async def _raw_pipe(settings: Settings, inputs: list[str], total: int) -> float:
         await producer.stop()
 
 
-class _Worker:
+class WorkerProcess:
     """A ``notifier worker`` process of its own consumer group."""
 
     def __init__(self, env: dict[str, str], workdir: Path, app_id: str, **settings: str) -> None:
@@ -300,7 +300,7 @@ def _recovered(env: dict[str, str], workdir: Path, settings: Settings, store: st
     # Topics of its own, all empty: the worker only holds what it recovered.
     quiet = {f"NOTIFIER_TOPIC_{f.name.upper()}": f"{app_id}.{f.name}" for f in dataclasses.fields(Topics)}
     began = time.monotonic()
-    worker = _Worker(env, workdir, app_id, NOTIFIER_STORE=store, **quiet)
+    worker = WorkerProcess(env, workdir, app_id, NOTIFIER_STORE=store, **quiet)
     try:
         seconds = worker.ready() - began
         time.sleep(5)  # what start-up does after readiness

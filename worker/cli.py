@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--events", type=int, default=100_000, help="worker: events in the stream")
     bench.add_argument("--active", type=lambda v: [int(n) for n in v.split(",")],
                        default=[100_000, 1_000_000], help="worker: active orders to measure memory at")
+    soak = commands.add_parser("soak", help="the whole product at a steady rate for a while: memory, "
+                               "lag and latency over time (docs/soak.png, docs/performance.md)")
+    soak.add_argument("--minutes", type=float, default=10, help="how long the stream goes in")
+    soak.add_argument("--rate", type=float, default=400, help="input events a second")
+    soak.add_argument("--days", type=float, default=200,
+                      help="event days the stream spans (more than the rules' keep_days)")
+    soak.add_argument("--every", type=float, default=10, help="seconds between two looks")
     args = parser.parse_args(argv)
 
     try:
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(settings.log_level, settings.log_format)
     runner = {
         "worker": run_worker, "senders": run_senders, "sinks": run_sinks, "broker": run_broker,
-        "dev": run_dev, "simulate": run_simulate, "bench": run_bench,
+        "dev": run_dev, "simulate": run_simulate, "bench": run_bench, "soak": run_soak,
     }[args.command]
     try:
         return runner(settings, args) or 0
@@ -140,6 +147,12 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
 
         return bench_worker.run(settings, args.events, args.active)
     return bench.run(settings, args.backlog, args.rate, args.seconds)
+
+
+def run_soak(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import soak
+
+    return soak.run(settings, args.minutes, args.rate, args.days, args.every)
 
 
 def run_broker(settings: Settings, args: argparse.Namespace) -> int:

@@ -104,6 +104,10 @@ table_recovery_seconds = Histogram(
     registry=registry, buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
 
+orders_forgotten = Counter(
+    "notifier_orders_forgotten", "Orders whose state was deleted: nothing left to decide, "
+    "kept for the rules' keep_days after their last fact", registry=registry,
+)
 active_shipments = Gauge(
     "notifier_active_shipments", "Parcels on their way (not delivered, returned or cancelled) in "
     "the order partitions this worker owns", registry=registry,

@@ -68,11 +68,15 @@ class Replay:
                 self.agenda.add(0, upcoming, order_id)
 
     def _wake(self, order_id: str, now: datetime) -> datetime | None:
+        if order_id not in self.states:
+            return None
         figures = self.outcome.lane_figures
         decisions = order.wake(self.states[order_id], now, self.rules,
                                lambda keys: [figures[k] for k in keys if k in figures])
         self.outcome.intents += decisions.intents
         self.outcome.alerts += decisions.alerts
+        if decisions.forget:
+            del self.states[order_id]
         for lesson in decisions.lessons:
             for lane in lesson.lanes:
                 if lesson.stalled_at:

@@ -59,6 +59,9 @@ def markdown(rules: Rules) -> str:
         "suppressed (`erased`) and orders placed before it stay silent.",
         f"- Engagement: an unsubscribe click ends marketing; a hard bounce, or {p.bounce_limit} "
         "soft bounces in a row, stops email to that address until a new one comes.",
+        f"- An order with nothing left to decide is forgotten {p.keep_days:g} days after its last "
+        "fact (its state deleted, so the worker's memory stays bounded): its tracking page "
+        "answers until then, and a late or repeated event within that time is still recognised.",
         *(f"- `{r.kind}` by email not opened within {r.escalate.after_minutes:g} minutes goes "
           f"again by {r.escalate.to} (the id `<id>-escalated`)."
           for r in rules.kinds.values() if r.escalate),

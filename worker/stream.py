@@ -127,7 +127,7 @@ class Pipeline:
         self.clock = Clock(event_mode=settings.event_clock)
         # In memory only: a restart loses nothing, the next tick sets them again.
         self.tick_target: dict[int, datetime] = {}
-        self.orders_read: dict[int, tuple[int, datetime]] = {}
+        self.orders_read: dict[int, tuple[int, datetime | None]] = {}
         self.decided_until: dict[int, datetime] = {}
         self.customers = raw_table(app, "customers", n)
         self.customer_agenda = Agenda(raw_table(app, "customer_agenda", n), "release")
@@ -164,8 +164,14 @@ class Pipeline:
     # -- agents ---------------------------------------------------------------------------
 
     async def _order_stage(self, stream: faust.StreamT) -> None:
+        orders = self.settings.topics.orders
         async for event in stream.events():
             await self._guarded(event, self._on_order_input, "order")
+            m = event.message
+            if m.topic == orders:
+                # Read, good or dead-lettered: the partition's decisions may go further.
+                self.orders_read[m.partition] = (m.offset, self.orders_read.get(m.partition, (0, None))[1])
+                await self._guarded(event, lambda e: self._decide_until_tick(e.message.partition), "order")
 
     async def _customer_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
@@ -246,8 +252,6 @@ class Pipeline:
         # in any order (an aggregator's backfill) are judged together.
         # At the event's own time: the partition's clock may already be far ahead of it.
         self.order_agenda.add(m.partition, min(now, envelope.time or now), order_id)
-        if m.topic == self.settings.topics.orders:
-            await self._decide_until_tick(m.partition)
 
     async def _decide_until_tick(self, partition: int) -> None:
         """Make the decisions due by the last tick, as far as ``orders.events`` allows.
@@ -270,7 +274,7 @@ class Pipeline:
             allowed = min(target, seen)
         if allowed <= self.decided_until.get(partition, allowed - timedelta(seconds=1)):
             return
-        woken: dict[str, order.OrderState] = {}
+        woken: dict[str, order.OrderState | None] = {}
         acks: list[Awaitable[Any]] = []
         # What was decided is acknowledged by the broker before the agenda and the states
         # that remember it are written: a crash in between repeats the decisions (same ids,
@@ -278,7 +282,10 @@ class Pipeline:
         await self.order_agenda.drain(partition, allowed, lambda due, order_id: self._wake_order(
             order_id, self._moment(due, allowed), woken, acks), settle=lambda: asyncio.gather(*acks))
         for order_id, state in woken.items():
-            self.orders[order_id.encode()] = orjson.dumps(state.to_dict())
+            if state is not None:
+                self.orders[order_id.encode()] = orjson.dumps(state.to_dict())
+            elif order_id.encode() in self.orders:
+                del self.orders[order_id.encode()]
         await self._forward_tick(partition, allowed)
         self.decided_until[partition] = allowed
 
@@ -303,11 +310,11 @@ class Pipeline:
         wall clock, now: a decision made late is judged by the time it really goes."""
         return due if self.settings.event_clock else reached
 
-    async def _wake_order(self, order_id: str, now: datetime, woken: dict[str, order.OrderState],
+    async def _wake_order(self, order_id: str, now: datetime, woken: dict[str, order.OrderState | None],
                           acks: list[Awaitable[Any]]) -> datetime | None:
         """Decide what is due for one order and publish it (acknowledgements into ``acks``,
-        the new state into ``woken``); answers when the order is next due."""
-        state = woken.get(order_id) or self.order_state(order_id)
+        the new state into ``woken``, None to forget it); answers when it is next due."""
+        state = woken[order_id] if order_id in woken else self.order_state(order_id)
         if state is None:
             return None
         decisions = order.wake(state, now, self.rules, self.lanes_of)
@@ -328,7 +335,13 @@ class Pipeline:
                     self.lane_inputs, lane, "lane.observed", f"lane-{lesson.parcel}-{lane}",
                     order_id, {"lane": lane, "day": lesson.day, "parcel": lesson.parcel,
                                "journey": lesson.journey, "stalled_at": lesson.stalled_at}))
-        woken[order_id] = decisions.state
+        woken[order_id] = None if decisions.forget else decisions.state
+        if decisions.forget and (parcels := decisions.state.active_parcels):
+            # A parcel that went silent for good stops counting as on its way.
+            key = str(self.partition_of(self.settings.topics.orders, order_id.encode())).encode()
+            self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) - parcels).encode()
+        if decisions.forget:
+            metrics.orders_forgotten.inc()
         return datetime.fromisoformat(decisions.next_wake) if decisions.next_wake else None
 
     def lanes_of(self, keys: Any) -> list[dict[str, Any]]:

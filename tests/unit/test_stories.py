@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests.unit.stories import (
-    Erase, Fail, Prefs, Tick, at, cancelled, created, paid, returned, run, scan, shipped, story,
+    RULES, Erase, Fail, Prefs, Tick, at, cancelled, created, paid, returned, run, scan, shipped, story,
 )
+from worker.domain import order
+from worker.domain.clock import stamp
 
 HAPPY = [created(0), paid(0.1), shipped(20), scan(21, "PICKED_UP"), scan(30, "IN_TRANSIT"),
          scan(44, "ARRIVED_AT_DESTINATION"), scan(46, "OUT_FOR_DELIVERY"), scan(49, "DELIVERED")]
@@ -296,3 +299,18 @@ def test_without_another_accepted_channel_nothing_falls_back():
     told = run(*story(*HAPPY, Fail(22.5, "shipped", "email"), until=60), preferences=email_only)
     assert told.channels("shipped") == ["email"]
     assert ("shipped", "opted_out") in told.suppressed()
+
+
+def test_an_order_with_nothing_left_to_decide_is_forgotten_after_keep_days():
+    state = None
+    for event in (created(), paid(), shipped(2), scan(3, "PICKED_UP"), scan(30, "DELIVERED")):
+        state = order.apply(state, event, received_at=event.time).state
+    settled = order.wake(state, at(24 * 10), RULES)  # the review request is long decided
+    keep = timedelta(days=RULES.policy.keep_days)
+    assert not settled.forget and settled.next_wake == stamp(at(30) + keep)
+    assert not order.wake(settled.state, at(30) + keep - timedelta(hours=1), RULES).forget
+
+    # A return asked for later is a fact: the order is kept that much longer.
+    late = order.apply(settled.state, returned("return_requested", 24 * 20), received_at=at(24 * 20)).state
+    assert not order.wake(late, at(30) + keep, RULES).forget
+    assert order.wake(late, at(24 * 20) + keep, RULES).forget

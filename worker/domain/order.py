@@ -100,10 +100,11 @@ class Decisions:
     state: OrderState
     intents: list[Intent]
     alerts: list[Alert]
-    # When to look again (UTC stamp): the next undecided notification coming due, or the
-    # next fact already known that has not happened yet.
+    # When to look again (UTC stamp): the next undecided notification coming due, the
+    # next fact already known that has not happened yet, or the day to forget the order.
     next_wake: str | None = None
     lessons: list[Lesson] = field(default_factory=list)  # delivered parcels, for their lanes
+    forget: bool = False  # nothing left to decide and kept long enough: delete the state
 
 
 def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -> Applied:
@@ -194,8 +195,15 @@ def wake(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_
             intents.append(_intent(view, due, nid, moment, rules))
             alerts.extend(_alerts(view, due, moment, rules))
     state.decided.extend(a.alert_id for a in alerts)
-    upcoming += [t for t in _fact_times(state) if t > when]
-    return Decisions(state, intents, alerts, min(upcoming, default=None), lessons)
+    facts = _fact_times(state)
+    upcoming += [t for t in facts if t > when]
+    if not upcoming:
+        placed = [stamp(state.order["placed_at"])] if state.order and state.order.get("placed_at") else []
+        forget_at = plus(max([*facts, *placed], default=when), days=rules.policy.keep_days)
+        if forget_at <= when:
+            return Decisions(state, intents, alerts, None, lessons, forget=True)
+        upcoming.append(forget_at)
+    return Decisions(state, intents, alerts, min(upcoming), lessons)
 
 
 def as_of(state: OrderState, when: str) -> OrderState:

@@ -66,6 +66,7 @@ class Policy:
     failed_attempts_notified: int = 3
     fallback_hours: float = 24  # a channel's permanent failure this soon tries the next one
     bounce_limit: int = 3  # soft bounces in a row that stop email to an address (a hard one: 1)
+    keep_days: float = 90  # an order with nothing left to decide is forgotten this long after its last fact
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -201,7 +202,7 @@ def _policy(table: Mapping[str, Any]) -> Policy:
             **{k: table[k] for k in (
                 "daily_cap", "min_gap_minutes", "service_ratio", "ratio_window_days",
                 "label_grace_hours", "ship_sla_hours", "ship_delay_days",
-                "failed_attempts_notified", "fallback_hours", "bounce_limit") if k in table},
+                "failed_attempts_notified", "fallback_hours", "bounce_limit", "keep_days") if k in table},
         )
     except (TypeError, ValueError) as error:
         raise RulesError(f"policy: {error}") from None

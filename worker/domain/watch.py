@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from worker.domain.order import OrderState
 
 DAY = 86400
+# What this watch decides rests on the lanes' figures, which every order partition learns
+# from all of them: when another partition's lesson arrives is a race, not a fact.
+KINDS = frozenset({"tracking_stalled", "delay_notice", "arriving_soon"})
 
 
 def watch_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules,
