@@ -1,12 +1,14 @@
 """Wake-up times kept in a table, so they survive restarts and rebalances.
 
 Entries are bucketed by partition and minute (``<name>|<p>|<epoch minute>`` → orjson
-list of ``[epoch second, key]``). A per-partition index lists the hours that hold
-buckets, so :meth:`Agenda.pop_due` visits only those hours, however long the clock
-jumped, and at most sixty buckets in each. The table is any byte mapping: a Faust table
-in the worker, a dict in tests. Faust writes a table's changelog to the partition of the
-event being processed, so an agenda entry is always written while processing its own
-partition.
+list of ``[epoch second, key]``). An index in two levels lists the days that hold
+buckets (``<name>|<p>|days``) and, for each, its hours (``<name>|<p>|hours|<epoch day>``),
+so :meth:`Agenda.pop_due` visits only the hours that hold buckets, however long the clock
+jumped, and adding a wake-up months ahead (an order to forget) reads and writes lists of
+a few dozen numbers, not one of every hour in between. The table is any byte mapping: a
+Faust table in the worker, a dict in tests. Faust writes a table's changelog to the
+partition of the event being processed, so an agenda entry is always written while
+processing its own partition.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import orjson
 
-MINUTE, HOUR = 60, 3600
+MINUTE, HOUR, DAY = 60, 3600, 86400
 
 
 class Agenda:
@@ -27,9 +29,12 @@ class Agenda:
 
     def add(self, partition: int, due: datetime, key: str) -> None:
         second = int(due.timestamp())
-        hours = self._hours(partition)
+        days = self._days(partition)
+        if second // DAY not in days:
+            self._set_days(partition, sorted([*days, second // DAY]))
+        hours = self._hours(partition, second // DAY)
         if second // HOUR not in hours:
-            self._set_hours(partition, sorted([*hours, second // HOUR]))
+            self._set_hours(partition, second // DAY, sorted([*hours, second // HOUR]))
         bucket = self._bucket(partition, second // MINUTE)
         entries = orjson.loads(self.table[bucket]) if bucket in self.table else []
         if [second, key] not in entries:
@@ -47,8 +52,22 @@ class Agenda:
 
     def _due(self, partition: int, now: datetime, remove: bool) -> list[tuple[datetime, str]]:
         until = int(now.timestamp())
-        hours = self._hours(partition)
         due: dict[str, int] = {}
+        days = self._days(partition)
+        kept_days = []
+        for day in days:
+            if day > until // DAY:
+                kept_days.append(day)
+            elif self._due_on(partition, day, until, due, remove):
+                kept_days.append(day)
+        if remove and kept_days != days:
+            self._set_days(partition, kept_days)
+        return sorted((datetime.fromtimestamp(second, UTC), key) for key, second in due.items())
+
+    def _due_on(self, partition: int, day: int, until: int, due: dict[str, int], remove: bool) -> bool:
+        """Collect into ``due`` what ``day`` holds up to ``until``; answers whether the day
+        still holds anything afterwards."""
+        hours = self._hours(partition, day)
         kept = []
         for hour in hours:
             if hour > until // HOUR:
@@ -76,8 +95,8 @@ class Agenda:
             if later or last_minute < first_minute + HOUR // MINUTE - 1:
                 kept.append(hour)  # some of this hour is still ahead
         if remove and kept != hours:
-            self._set_hours(partition, kept)
-        return sorted((datetime.fromtimestamp(second, UTC), key) for key, second in due.items())
+            self._set_hours(partition, day, kept)
+        return bool(kept)
 
     async def drain(self, partition: int, now: datetime,
                     visit: Callable[[datetime, str], Awaitable[datetime | None]],
@@ -107,9 +126,24 @@ class Agenda:
     def _bucket(self, partition: int, minute: int) -> bytes:
         return f"{self.name}|{partition}|{minute}".encode()
 
-    def _hours(self, partition: int) -> list[int]:
-        raw = self.table.get(f"{self.name}|{partition}|hours".encode())
+    def _days(self, partition: int) -> list[int]:
+        return self._list(f"{self.name}|{partition}|days".encode())
+
+    def _set_days(self, partition: int, days: list[int]) -> None:
+        self._set_list(f"{self.name}|{partition}|days".encode(), days)
+
+    def _hours(self, partition: int, day: int) -> list[int]:
+        return self._list(f"{self.name}|{partition}|hours|{day}".encode())
+
+    def _set_hours(self, partition: int, day: int, hours: list[int]) -> None:
+        self._set_list(f"{self.name}|{partition}|hours|{day}".encode(), hours)
+
+    def _list(self, key: bytes) -> list[int]:
+        raw = self.table.get(key)
         return orjson.loads(raw) if raw is not None else []
 
-    def _set_hours(self, partition: int, hours: list[int]) -> None:
-        self.table[f"{self.name}|{partition}|hours".encode()] = orjson.dumps(hours)
+    def _set_list(self, key: bytes, numbers: list[int]) -> None:
+        if numbers:
+            self.table[key] = orjson.dumps(numbers)
+        elif key in self.table:
+            del self.table[key]  # an empty day leaves nothing behind

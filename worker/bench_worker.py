@@ -41,7 +41,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from worker import simulate, topics
-from worker.agenda import HOUR, MINUTE
+from worker.agenda import DAY, HOUR, MINUTE
 from worker.bench import broker_for, machine
 from worker.broker import free_port
 from worker.figures import write_block
@@ -258,7 +258,7 @@ def _copies(tables: dict[str, dict[bytes, bytes]], count: int,
     copies' own partitions."""
     orders = list(tables.get("orders", {}).items())
     wakeups = [(second, key.encode()) for bucket, raw in tables.get("order_agenda", {}).items()
-               if not bucket.endswith(b"|hours") for second, key in orjson.loads(raw)]
+               if bucket.split(b"|")[2].isdigit() for second, key in orjson.loads(raw)]
     buckets: dict[tuple[int, int], list[list]] = {}
     made = 0
     for copy in range(math.ceil(count / max(1, len(orders)))):
@@ -283,8 +283,12 @@ def _copies(tables: dict[str, dict[bytes, bytes]], count: int,
     for (p, minute), entries in buckets.items():
         hours.setdefault(p, set()).add(minute * MINUTE // HOUR)
         yield "order_agenda", f"wake|{p}|{minute}".encode(), orjson.dumps(entries), p
-    for p, held in hours.items():
-        yield "order_agenda", f"wake|{p}|hours".encode(), orjson.dumps(sorted(held)), p
+    for p, held in hours.items():  # the agenda's index: days, and each day's hours
+        days = sorted({hour * HOUR // DAY for hour in held})
+        yield "order_agenda", f"wake|{p}|days".encode(), orjson.dumps(days), p
+        for day in days:
+            of_day = sorted(hour for hour in held if hour * HOUR // DAY == day)
+            yield "order_agenda", f"wake|{p}|hours|{day}".encode(), orjson.dumps(of_day), p
 
 
 def _partition(key: bytes, partitions: int) -> int:

@@ -223,7 +223,7 @@ class Pipeline:
         if envelope.type == "clock.tick":
             # Under the event clock, as far as the tick says: order events read ahead of
             # the partition's tracking events must not carry decisions past scans not read yet.
-            reached = _event_time(envelope) or now if self.settings.event_clock else now
+            reached = (_event_time(envelope) or now) if self.settings.event_clock else now
             self.tick_target[m.partition] = max(reached, self.tick_target.get(m.partition, reached))
             await self._decide_until_tick(m.partition)
             return
@@ -336,12 +336,12 @@ class Pipeline:
                     order_id, {"lane": lane, "day": lesson.day, "parcel": lesson.parcel,
                                "journey": lesson.journey, "stalled_at": lesson.stalled_at}))
         woken[order_id] = None if decisions.forget else decisions.state
-        if decisions.forget and (parcels := decisions.state.active_parcels):
-            # A parcel that went silent for good stops counting as on its way.
-            key = str(self.partition_of(self.settings.topics.orders, order_id.encode())).encode()
-            self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) - parcels).encode()
         if decisions.forget:
             metrics.orders_forgotten.inc()
+            if parcels := decisions.state.active_parcels:
+                # A parcel that went silent for good stops counting as on its way.
+                key = str(self.partition_of(self.settings.topics.orders, order_id.encode())).encode()
+                self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) - parcels).encode()
         return datetime.fromisoformat(decisions.next_wake) if decisions.next_wake else None
 
     def lanes_of(self, keys: Any) -> list[dict[str, Any]]:
