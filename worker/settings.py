@@ -57,6 +57,9 @@ class Settings:
     partitions: int = 4
     replication_factor: int = 1  # of the topics created at start and the tables' changelogs
     standby_replicas: int = 1  # workers that keep a warm copy of each table partition
+    # How long the group waits for a worker that stopped answering (killed, cut off) before
+    # its partitions go to the others; Kafka allows 6 to 1,800 s by default.
+    session_timeout_seconds: float = 60.0
     store: str = "memory://"
     data_dir: Path = Path("var")
     log_level: str = "info"
@@ -225,6 +228,9 @@ def _check(s: Settings) -> None:
             raise SettingsError(
                 f"{PREFIX}{key.upper()}={value!r}: expected one of {', '.join(allowed)}"
             )
+    if not 6 <= s.session_timeout_seconds <= 1800:
+        raise SettingsError(f"{PREFIX}SESSION_TIMEOUT_SECONDS={s.session_timeout_seconds:g}: "
+                            "expected 6 to 1800 (the broker's group session limits)")
     if s.tick_seconds < 1:
         raise SettingsError(f"{PREFIX}TICK_SECONDS={s.tick_seconds}: expected 1 or more")
     for key in ("web_port", "senders_web_port", "sinks_web_port", "smtp_port"):

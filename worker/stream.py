@@ -87,6 +87,8 @@ def build_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.session_timeout_seconds / 10,
         web_port=settings.web_port,
         web_bind="0.0.0.0",
         canonical_url=settings.own_url,

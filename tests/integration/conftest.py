@@ -60,6 +60,8 @@ class Stack:
             "NOTIFIER_TOPIC_DISPATCH_PREFIX": self.dispatch_prefix,
             # Tests send many SMS from one number; the per-number limit has its unit tests.
             "NOTIFIER_SMS_PER_NUMBER_PER_SECOND": "0",
+            # Tests kill workers: their partitions move after 10 s, not a minute.
+            "NOTIFIER_SESSION_TIMEOUT_SECONDS": "10",
             **{f"NOTIFIER_TOPIC_{k.upper()}": v for k, v in self.topics.items()},
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
