@@ -41,7 +41,7 @@ bench: install broker-jars
 
 # The whole product at a steady rate for a while (SOAK_MINUTES, SOAK_RATE): docs/soak.png.
 SOAK_MINUTES ?= 10
-SOAK_RATE    ?= 150
+SOAK_RATE    ?= 100
 soak: install broker-jars
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[test,soak]'
 	$(BIN)/notifier soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)

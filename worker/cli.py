@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     soak = commands.add_parser("soak", help="the whole product at a steady rate for a while: memory, "
                                "lag and latency over time (docs/soak.png, docs/performance.md)")
     soak.add_argument("--minutes", type=float, default=10, help="how long the stream goes in")
-    soak.add_argument("--rate", type=float, default=150, help="input events a second")
+    soak.add_argument("--rate", type=float, default=100, help="input events a second")
     soak.add_argument("--days", type=float, default=200,
                       help="event days the stream spans (more than the rules' keep_days)")
     soak.add_argument("--every", type=float, default=10, help="seconds between two looks")
