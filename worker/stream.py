@@ -236,6 +236,10 @@ class Pipeline:
         applied = order.apply(known, envelope, received_at=_wall_now())
         if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
+            # Read again after a crash, the state may have reached the changelog and the
+            # agenda not (two topics, flushed apart): waking the order once more at the
+            # event's time puts its next wake-up back, and decides nothing twice.
+            self.order_agenda.add(m.partition, min(now, envelope.time or now), order_id)
             return
         if applied.unknown_status:
             source = applied.unknown_status.split(":")[0]
