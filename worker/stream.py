@@ -234,12 +234,14 @@ class Pipeline:
         known = self.order_state(order_id)
         active_before = known.active_parcels if known else 0
         applied = order.apply(known, envelope, received_at=_wall_now())
+        # At the event's own time: the partition's clock may already be far ahead of it.
+        wake_at = min(now, envelope.time or now)
         if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
             # Read again after a crash, the state may have reached the changelog and the
             # agenda not (two topics, flushed apart): waking the order once more at the
             # event's time puts its next wake-up back, and decides nothing twice.
-            self.order_agenda.add(m.partition, min(now, envelope.time or now), order_id)
+            self.order_agenda.add(m.partition, wake_at, order_id)
             return
         if applied.unknown_status:
             source = applied.unknown_status.split(":")[0]
@@ -256,8 +258,7 @@ class Pipeline:
                                  f"seen-{sighting.order_id}-{sighting.address}", order_id, plain(sighting))
         # Decisions wait for the partition's next tick, so checkpoints that arrive together
         # in any order (an aggregator's backfill) are judged together.
-        # At the event's own time: the partition's clock may already be far ahead of it.
-        self.order_agenda.add(m.partition, min(now, envelope.time or now), order_id)
+        self.order_agenda.add(m.partition, wake_at, order_id)
 
     async def _decide_until_tick(self, partition: int) -> None:
         """Make the decisions due by the last tick, as far as ``orders.events`` allows.
