@@ -151,9 +151,11 @@ def test_kills_poison_and_failing_providers_lose_nothing_and_repeat_nothing(stac
             "unanswered": sorted(missing), "outcomes": outcomes(settings),
             "intents": [orjson.loads(r.value) for r in asyncio.run(
                 read_all(settings.kafka_bootstrap, settings.topics.intents))]}))
+        for log in stack.workdir.glob("worker*.log"):
+            (ARTIFACTS / f"faults-{log.name}").write_bytes(log.read_bytes())
         pytest.fail(f"{len(missing)} decided notifications have no outcome, by kind: "
                     f"{Counter({**expected, **decided}[n] for n in missing)}; every decision and "
-                    "outcome is in tests/artifacts/faults-unanswered.json")
+                    "outcome is in tests/artifacts/faults-unanswered.json, the workers' logs beside it")
     # Decided as the pure decision code decides, but for the watch on the lanes' figures.
     by_worker = {n for n, kind in decided.items() if kind not in watch.KINDS}
     assert by_worker == set(expected), (sorted(set(expected) - by_worker)[:5],

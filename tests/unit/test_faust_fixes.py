@@ -62,3 +62,18 @@ async def test_after_a_rebalance_a_stream_partition_never_committed_is_read_from
     monkeypatch.setattr(faust_fixes, "_faust_seek_to_committed", faust_seek)
     assert await faust_fixes._seek_to_committed(thread) is committed
     assert sorted((tp.topic, tp.partition) for tp in sought) == [("intents", 1), ("intents", 3)]
+
+
+async def test_after_recovery_the_memory_store_keeps_what_it_holds_as_standby_or_was_just_given():
+    # Faust's store dropped every key of a partition not active in the recovery that ended:
+    # a standby copy lost what it had read, and a partition given back meanwhile lost what
+    # the next recovery had just read for it.
+    changelog = "app-orders-changelog"
+    assignor = SimpleNamespace(assigned_actives=lambda: {TP(changelog, 0), TP(changelog, 2)},
+                               assigned_standbys=lambda: set())
+    store = SimpleNamespace(app=SimpleNamespace(assignor=assignor),
+                            data={b"a": b"0", b"b": b"1", b"c": b"2", b"d": b"3"},
+                            _key_partition={b"a": 0, b"b": 1, b"c": 2, b"d": 3})
+    await faust_fixes._drop_unheld_partitions(store, {TP(changelog, 0)}, {TP(changelog, 1)})
+    assert store.data == {b"a": b"0", b"b": b"1", b"c": b"2"}  # 3 is held in no way here
+    assert store._key_partition == {b"a": 0, b"b": 1, b"c": 2}
