@@ -159,6 +159,7 @@ class Pipeline:
         app.page("/healthz")(self._healthz)
         app.page("/readyz")(self._readyz)
         app.timer(1.0)(self._watch_readiness)
+        app.on_partitions_revoked.connect(self._forget_progress)
         TrackingSite(self).register(app)
         self.recovering_since: float | None = None
         self.settled = False  # runtime.settle() done
@@ -186,6 +187,13 @@ class Pipeline:
     async def _address_stage(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             await self._guarded(event, self._on_sighting, "address")
+
+    async def _forget_progress(self, sender: Any, revoked: Any, **_: Any) -> None:
+        """A rebalance: what this worker remembers of its partitions' progress is stale, as
+        another worker may take them further before they come back, and the stream reads
+        on from their committed offsets. Ticks, order records and the clock marks say it anew."""
+        for progress in (self.tick_target, self.orders_read, self.decided_until, self.clock.high_water):
+            progress.clear()
 
     async def _guarded(self, event: faust.EventT, handle: Any, stage: str) -> None:
         message = event.message
@@ -232,6 +240,9 @@ class Pipeline:
         if m.topic == self.settings.topics.orders:
             self.orders_read[m.partition] = (m.offset, envelope.time or now)
         known = self.order_state(order_id)
+        if known is None and m.topic == self.settings.topics.orders and envelope.type != "order.created":
+            # Its messages will lack the order's details: a gap in the stream worth knowing.
+            log.warning("%s for an order never created here", envelope.type, extra={"order_id": order_id})
         active_before = known.active_parcels if known else 0
         applied = order.apply(known, envelope, received_at=_wall_now())
         # At the event's own time: the partition's clock may already be far ahead of it.
@@ -323,6 +334,7 @@ class Pipeline:
         the new state into ``woken``, None to forget it); answers when it is next due."""
         state = woken[order_id] if order_id in woken else self.order_state(order_id)
         if state is None:
+            log.warning("woken order has no state", extra={"order_id": order_id})
             return None
         decisions = order.wake(state, now, self.rules, self.lanes_of)
         for intent in decisions.intents:

@@ -214,7 +214,9 @@ def as_of(state: OrderState, when: str) -> OrderState:
     parcels = {}
     for sid, raw in state.shipments.items():
         p = Shipment.from_dict(raw)
-        if p.label_at and p.label_at > when and not any(c[0] <= when for c in p.checkpoints):
+        # A parcel is there from its label or its first scan, whichever came first. Both
+        # may be known early, and a scan before its label: the two topics are read apart.
+        if min([t for t in (p.label_at, *(c[0] for c in p.checkpoints)) if t], default=when) > when:
             continue
         p.checkpoints = [c for c in p.checkpoints if c[0] <= when]
         parcels[sid] = p.to_dict()
