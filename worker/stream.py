@@ -104,6 +104,10 @@ def build_app(settings: Settings) -> faust.App:
     return app
 
 
+class Rebalanced(Exception):
+    """The event's partitions moved while it was being handled."""
+
+
 class Pipeline:
     """Holds the topics and tables and turns each consumed event into its effects."""
 
@@ -199,6 +203,11 @@ class Pipeline:
         message = event.message
         try:
             await handle(event)
+        except Rebalanced:
+            # Its acknowledgement is refused too (faust_fixes 1): read again, by whoever
+            # holds the partition now, from a state this worker left as it was.
+            log.info("partitions moved while handling %s[%s]@%s: left to their next owner",
+                     message.topic, message.partition, message.offset)
         except BadInput as error:
             await self._dead_letter(event, error)
         except Exception as exc:  # noqa: BLE001 - one bad event must not stop the stream
@@ -206,6 +215,19 @@ class Pipeline:
             log.exception("unexpected error on %s[%s]@%s", message.topic, message.partition,
                           message.offset)
             await self._dead_letter(event, BadInput("processing_error", f"{type(exc).__name__}: {exc}"))
+
+    def _still_ours(self) -> None:
+        """Raise :class:`Rebalanced` if a rebalance began since the event in hand was
+        fetched. Faust does not wait for an event in hand before it gives its partition to
+        another worker (``stream_wait_empty`` waits for acknowledgements that fix 1
+        refuses), so table writes made after an await could land in the changelog after
+        the new owner's own: a later recovery would then bring back the older state."""
+        event = faust.current_event()  # this agent's: every stage runs in a task of its own
+        if event is None:
+            return
+        if (event.message.generation_id != self.app.consumer_generation_id
+                or not self.app.flow_control.is_active()):
+            raise Rebalanced
 
     async def _dead_letter(self, event: faust.EventT, error: BadInput) -> None:
         m = event.message
@@ -263,13 +285,13 @@ class Pipeline:
         if change := applied.state.active_parcels - active_before:
             key = str(m.partition).encode()
             self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
-        if envelope.type in risk.TOLD_BY:
-            for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
-                await self._send(self.address_inputs, sighting.address, "address.seen",
-                                 f"seen-{sighting.order_id}-{sighting.address}", order_id, plain(sighting))
         # Decisions wait for the partition's next tick, so checkpoints that arrive together
         # in any order (an aggregator's backfill) are judged together.
         self.order_agenda.add(m.partition, wake_at, order_id)
+        if envelope.type in risk.TOLD_BY:  # after the writes: nothing is written past an await
+            for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
+                await self._send(self.address_inputs, sighting.address, "address.seen",
+                                 f"seen-{sighting.order_id}-{sighting.address}", order_id, plain(sighting))
 
     async def _decide_until_tick(self, partition: int) -> None:
         """Make the decisions due by the last tick, as far as ``orders.events`` allows.
@@ -298,7 +320,7 @@ class Pipeline:
         # that remember it are written: a crash in between repeats the decisions (same ids,
         # de-duplicated downstream) instead of losing them. One wait for the whole pass.
         await self.order_agenda.drain(partition, allowed, lambda due, order_id: self._wake_order(
-            order_id, self._moment(due, allowed), woken, acks), settle=lambda: asyncio.gather(*acks))
+            order_id, self._moment(due, allowed), woken, acks), settle=lambda: self._settled(acks))
         for order_id, state in woken.items():
             if state is not None:
                 self.orders[order_id.encode()] = orjson.dumps(state.to_dict())
@@ -306,6 +328,14 @@ class Pipeline:
                 del self.orders[order_id.encode()]
         await self._forward_tick(partition, allowed)
         self.decided_until[partition] = allowed
+
+    async def _checked(self) -> None:
+        self._still_ours()
+
+    async def _settled(self, acks: list[Awaitable[Any]]) -> None:
+        """What a pass published is acknowledged, and the partition still this worker's."""
+        await asyncio.gather(*acks)
+        self._still_ours()
 
     def _orders_caught_up(self, partition: int, offset: int | None) -> bool:
         """Read to the end of the orders partition, as far as the last fetch knows."""
@@ -490,7 +520,7 @@ class Pipeline:
             if now is None:
                 return
             await self.customer_agenda.drain(m.partition, now, lambda due, customer_id: (
-                self._release(customer_id, self._moment(due, now))))
+                self._release(customer_id, self._moment(due, now))), settle=self._checked)
             return
         intent = Intent.from_dict(data)
         # Judged at the moment the order stage decided it: the same input gives the same
@@ -585,6 +615,7 @@ class Pipeline:
                                actions: list[customer.Action]) -> None:
         """Carry out the actions, then write the state that remembers them."""
         await asyncio.gather(*(self._carry_out(a) for a in actions))
+        self._still_ours()
         self.customers[state.customer_id.encode()] = orjson.dumps(state.to_dict())
 
     def _plan_release(self, partition: int, state: customer.CustomerState) -> None:
