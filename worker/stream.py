@@ -202,6 +202,9 @@ class Pipeline:
     async def _guarded(self, event: faust.EventT, handle: Any, stage: str) -> None:
         message = event.message
         try:
+            # Not even begun once a rebalance has: a pass left unfinished by it must not
+            # see the events after it applied before it is done again.
+            self._still_ours()
             await handle(event)
         except Rebalanced:
             # Its acknowledgement is refused too (faust_fixes 1): read again, by whoever
