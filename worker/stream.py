@@ -332,9 +332,6 @@ class Pipeline:
         await self._forward_tick(partition, allowed)
         self.decided_until[partition] = allowed
 
-    async def _checked(self) -> None:
-        self._still_ours()
-
     async def _settled(self, acks: list[Awaitable[Any]]) -> None:
         """What a pass published is acknowledged, and the partition still this worker's."""
         await asyncio.gather(*acks)
@@ -367,7 +364,6 @@ class Pipeline:
         the new state into ``woken``, None to forget it); answers when it is next due."""
         state = woken[order_id] if order_id in woken else self.order_state(order_id)
         if state is None:
-            log.warning("woken order has no state", extra={"order_id": order_id})
             return None
         decisions = order.wake(state, now, self.rules, self.lanes_of)
         for intent in decisions.intents:
@@ -523,7 +519,7 @@ class Pipeline:
             if now is None:
                 return
             await self.customer_agenda.drain(m.partition, now, lambda due, customer_id: (
-                self._release(customer_id, self._moment(due, now))), settle=self._checked)
+                self._release(customer_id, self._moment(due, now))), settle=lambda: self._settled([]))
             return
         intent = Intent.from_dict(data)
         # Judged at the moment the order stage decided it: the same input gives the same
