@@ -81,7 +81,7 @@ def _ack(self: Consumer, message: Any) -> bool:
 
 
 async def _send_pending(self: ProducerBuffer, fut: Any) -> None:
-    self.in_hand += 1
+    self.in_hand = getattr(self, "in_hand", 0) + 1
     try:
         await _faust_send_pending(self, fut)
     finally:
@@ -89,7 +89,7 @@ async def _send_pending(self: ProducerBuffer, fut: Any) -> None:
 
 
 async def _flush(self: ProducerBuffer) -> None:
-    while self.size or self.in_hand:
+    while self.size or getattr(self, "in_hand", 0):
         self.message_sent.clear()  # set each time the buffer has handed one over
         try:
             await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
@@ -148,7 +148,6 @@ def apply() -> None:
     Consumer.ack = _ack  # type: ignore[method-assign]
     Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
     ProducerBuffer.flush = _flush  # type: ignore[method-assign]
-    ProducerBuffer.in_hand = 0  # type: ignore[attr-defined]  # taken out, not yet in aiokafka
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     MemoryStore.on_recovery_completed = _drop_unheld_partitions  # type: ignore[method-assign]

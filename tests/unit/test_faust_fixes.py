@@ -41,7 +41,7 @@ async def test_a_flush_waits_for_the_whole_buffer_and_the_message_in_hand(monkey
         handed.append(fut)
 
     monkeypatch.setattr(faust_fixes, "_faust_send_pending", slow_hand_over)
-    buffer = SimpleNamespace(size=0, in_hand=0, message_sent=asyncio.Event())
+    buffer = SimpleNamespace(size=0, message_sent=asyncio.Event())
 
     async def hand_over(fut):
         await faust_fixes._send_pending(buffer, fut)
