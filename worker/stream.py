@@ -269,9 +269,9 @@ class Pipeline:
             # Its messages will lack the order's details: a gap in the stream worth knowing.
             log.warning("%s for an order never created here", envelope.type, extra={"order_id": order_id})
         active_before = known.active_parcels if known else 0
-        applied = order.apply(known, envelope, received_at=_wall_now())
         # At the event's own time: the partition's clock may already be far ahead of it.
         wake_at = min(now, envelope.time or now)
+        applied = order.apply(known, envelope, received_at=_wall_now(), known_at=wake_at)
         if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
             # Read again after a crash, the state may have reached the changelog and the

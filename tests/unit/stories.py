@@ -65,7 +65,8 @@ def shipped(hours: float, parcel: str = "P1", carrier: str = "sf-express") -> En
 
 
 def scan(hours: float, status: str | dict[str, str], parcel: str = "P1", *,
-         reason: str | None = None, ident: str | None = None) -> Envelope:
+         reason: str | None = None, ident: str | None = None, told: float | None = None) -> Envelope:
+    """A checkpoint at ``hours``, told (the event's time) at ``told`` if later."""
     checkpoint: dict[str, Any] = {"occurred_at": at(hours).isoformat()}
     if isinstance(status, dict):
         checkpoint["raw_status"] = status
@@ -75,7 +76,8 @@ def scan(hours: float, status: str | dict[str, str], parcel: str = "P1", *,
         checkpoint["exception_reason"] = reason
     data = {"order_id": ORDER, "shipment_id": parcel, "carrier": "sf-express",
             "tracking_number": f"SF{parcel}", "checkpoint": checkpoint}
-    return _event("tracking.updated", hours, data, ident=ident or f"{parcel}-{status}-{hours}")
+    return _event("tracking.updated", hours if told is None else told, data,
+                  ident=ident or f"{parcel}-{status}-{hours}")
 
 
 @dataclass(frozen=True)

@@ -325,3 +325,15 @@ def test_a_scan_read_before_its_parcel_was_shipped_does_not_hide_the_missed_ship
                      through_customer=False)
     assert in_order.kinds() == ["order_confirmed", "ship_delayed", "shipped"]
     assert scan_first.kinds() == in_order.kinds()
+
+
+def test_a_scan_told_late_and_read_ahead_does_not_change_a_decision_due_before_it_was_told():
+    # Arrival in the city happened at 20 h but was told at 26.5 h, after out-for-delivery.
+    # The tracking topic may be read ahead of a decision due at 24 h (the orders topic
+    # lagging, or a restart): made late, it must still be the decision made at 24 h.
+    head = [created(0, segment="vip"), paid(0.1), shipped(2), scan(2.2, "PICKED_UP")]
+    out, arrived = scan(25.7, "OUT_FOR_DELIVERY", told=25.9), scan(20, "ARRIVED_AT_DESTINATION", told=26.5)
+    in_time = run(*head, tick(24), out, tick(26), arrived, tick(27), through_customer=False)
+    read_ahead = run(*head, out, arrived, tick(24), tick(26), tick(27), through_customer=False)
+    assert in_time.kinds() == ["order_confirmed", "shipped", "out_for_delivery"]
+    assert read_ahead.kinds() == in_time.kinds()

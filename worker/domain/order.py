@@ -9,6 +9,7 @@ deterministic id and is made once; :func:`wake` also says when to look again.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from worker.domain.envelope import Envelope
 from worker.domain.milestones import canonical
 from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
-from worker.domain.shipment import Shipment
+from worker.domain.shipment import Shipment, known_late
 from worker.domain.watch import watch_calls
 
 SEEN_LIMIT = 16  # recent event digests, only to count redeliveries
@@ -56,6 +57,9 @@ class OrderState:
     delays: dict[str, int] = field(default_factory=dict)  # shipment -> days late told
     seen: list[str] = field(default_factory=list)
     unknown_statuses: int = 0
+    # Seconds between an order fact and the time it was known, where it was told late
+    # ("paid", "cancelled", "return:<step>", "label:<shipment>"); scans keep their own.
+    late: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> OrderState:
@@ -107,27 +111,40 @@ class Decisions:
     forget: bool = False  # nothing left to decide and kept long enough: delete the state
 
 
-def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -> Applied:
-    """Fold one order or tracking event into the order's state."""
+def apply(state: OrderState | None, event: Envelope, *, received_at: datetime,
+          known_at: datetime | None = None) -> Applied:
+    """Fold one order or tracking event into the order's state. ``known_at``: when it was
+    known, on the clock decisions use (the event's own time unless said)."""
     state = state if state is not None else OrderState(str(event.data["order_id"]))
     digest = hashlib.blake2b(event.identity.encode(), digest_size=6).hexdigest()
     if digest in state.seen:
         return Applied(state, duplicate=True)
     state.seen = [*state.seen[-(SEEN_LIMIT - 1):], digest]
+    known = known_at or event.time or received_at
+
+    def told(fact: str, at: str) -> str:
+        if late := _lateness(at, known):
+            state.late[fact] = late
+        else:
+            state.late.pop(fact, None)
+        return at
+
     data, kind = event.data, event.type
     trigger = kind
     if kind == "order.created":
         state.order = data
     elif kind == "order.paid":
-        state.paid_at = stamp(data["paid_at"])
+        state.paid_at = told("paid", stamp(data["paid_at"]))
     elif kind == "order.cancelled":
-        state.cancelled_at = stamp(data["cancelled_at"])
+        state.cancelled_at = told("cancelled", stamp(data["cancelled_at"]))
     elif kind in RETURN_STEPS:
-        state.returns.setdefault(RETURN_STEPS[kind], stamp(data["at"]))
+        step = RETURN_STEPS[kind]
+        if step not in state.returns:
+            state.returns[step] = told(f"return:{step}", stamp(data["at"]))
     elif kind == "order.shipped":
         trigger = f"{kind}:{data['shipment_id']}"
         parcel = _parcel(state, data)
-        parcel.label_at = stamp(data["shipped_at"])
+        parcel.label_at = told(f"label:{parcel.shipment_id}", stamp(data["shipped_at"]))
         parcel.origin, parcel.destination = data.get("origin", {}), data.get("destination", {})
         parcel.carrier_eta = data.get("carrier_estimated_delivery") or parcel.carrier_eta
         parcel.first_eta = parcel.first_eta or data.get("carrier_estimated_delivery")
@@ -137,7 +154,8 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -
         reading = canonical(data["checkpoint"])
         parcel = _parcel(state, data)
         occurred = stamp(data["checkpoint"]["occurred_at"])
-        parcel.record(occurred, reading, _place(data["checkpoint"].get("location")))
+        parcel.record(occurred, reading, _place(data["checkpoint"].get("location")),
+                      late=_lateness(occurred, known))
         if data.get("estimated_delivery") and (parcel.eta_at is None or occurred >= parcel.eta_at):
             parcel.carrier_eta, parcel.eta_at = stamp(data["estimated_delivery"]), occurred
         state.shipments[parcel.shipment_id] = parcel.to_dict()
@@ -147,6 +165,12 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime) -
     state.caused_by[trigger] = event.id
     state.received_at[trigger] = stamp(received_at)
     return Applied(state)
+
+
+def _lateness(at: str, known: datetime) -> int:
+    """Whole seconds, rounded up, from ``at`` until ``known``: a fact counts as known no
+    earlier than it really was, so a decision never sees one its maker could not have read."""
+    return max(0, math.ceil((known - datetime.fromisoformat(at)).total_seconds()))
 
 
 def _place(location: Any) -> str:
@@ -207,33 +231,46 @@ def wake(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_
 
 
 def as_of(state: OrderState, when: str) -> OrderState:
-    """The state as it stood at ``when``: later facts left out."""
-    def keep(t: str | None) -> str | None:
-        return t if t is not None and t <= when else None
+    """The state as it stood at ``when``: facts that happened later, or were only known
+    later, left out. A scan told hours late may be read before a decision due earlier (a
+    restart, or the tracking topic read ahead of the orders topic): that decision must
+    not see it, or it would differ from the one made in time."""
+    def keep(fact: str, t: str | None) -> str | None:
+        return t if t is not None and t <= when and _known(t, state.late.get(fact, 0)) <= when else None
 
     parcels = {}
     for sid, raw in state.shipments.items():
         p = Shipment.from_dict(raw)
+        told = bool(p.label_at or p.checkpoints)
+        p.label_at = keep(f"label:{sid}", p.label_at)
+        p.checkpoints = [c for c in p.checkpoints if c[0] <= when and _known(c[0], known_late(c)) <= when]
         # A parcel is there from its label or its first scan, whichever came first. Both
         # may be known early, and a scan before its label: the two topics are read apart.
-        if min([t for t in (p.label_at, *(c[0] for c in p.checkpoints)) if t], default=when) > when:
+        if told and not (p.label_at or p.checkpoints):
             continue
-        p.checkpoints = [c for c in p.checkpoints if c[0] <= when]
         parcels[sid] = p.to_dict()
     return OrderState(
-        order_id=state.order_id, order=state.order, paid_at=keep(state.paid_at),
-        cancelled_at=keep(state.cancelled_at),
-        returns={k: v for k, v in state.returns.items() if v <= when}, shipments=parcels,
-        caused_by=state.caused_by, received_at=state.received_at, decided=state.decided,
-        stalls=state.stalls, delays=state.delays,
+        order_id=state.order_id, order=state.order, paid_at=keep("paid", state.paid_at),
+        cancelled_at=keep("cancelled", state.cancelled_at),
+        returns={k: v for k, v in state.returns.items() if keep(f"return:{k}", v)},
+        shipments=parcels, caused_by=state.caused_by, received_at=state.received_at,
+        decided=state.decided, stalls=state.stalls, delays=state.delays,
     )
 
 
+def _known(at: str, late: int) -> str:
+    return plus(at, seconds=late) if late else at
+
+
 def _fact_times(state: OrderState) -> list[str]:
-    times = [t for t in (state.paid_at, state.cancelled_at, *state.returns.values()) if t]
-    for raw in state.shipments.values():
-        times += [raw["label_at"]] if raw.get("label_at") else []
-        times += [c[0] for c in raw["checkpoints"]]
+    """When each fact is, or becomes, known to have happened."""
+    facts = [("paid", state.paid_at), ("cancelled", state.cancelled_at),
+             *((f"return:{k}", v) for k, v in state.returns.items())]
+    times = [_known(t, state.late.get(fact, 0)) for fact, t in facts if t]
+    for sid, raw in state.shipments.items():
+        if raw.get("label_at"):
+            times.append(_known(raw["label_at"], state.late.get(f"label:{sid}", 0)))
+        times += [_known(c[0], known_late(c)) for c in raw["checkpoints"]]
     return times
 
 

@@ -29,7 +29,8 @@ class Shipment:
     carrier_eta: str | None = None  # the carrier's latest estimate
     eta_at: str | None = None  # the checkpoint that told it: an older one told late does not win
     first_eta: str | None = None  # its first: the promise when the order made none
-    # [occurred_at (UTC, seconds), milestone or None when unknown, reason or raw code, place]
+    # [occurred_at (UTC, seconds), milestone or None when unknown, reason or raw code, place,
+    #  seconds from occurred_at until it was known (a scan told late)]
     checkpoints: list[list[Any]] = field(default_factory=list)
 
     @classmethod
@@ -39,13 +40,16 @@ class Shipment:
     def to_dict(self) -> dict[str, Any]:
         return plain(self)
 
-    def record(self, occurred_at: str, reading: Reading, place: str = "") -> bool:
-        """Add one checkpoint; False when it was already known."""
+    def record(self, occurred_at: str, reading: Reading, place: str = "", late: int = 0) -> bool:
+        """Add one checkpoint, known ``late`` seconds after it happened; False when it was
+        already known (then as early as either copy says)."""
         detail = reading.exception_reason if reading.known else reading.raw_code
         entry = [occurred_at, reading.milestone, detail, place]
-        if entry in self.checkpoints:
-            return False
-        self.checkpoints.append(entry)
+        for known in self.checkpoints:
+            if known[:4] == entry:
+                known[4:] = [min(late, known_late(known))]
+                return False
+        self.checkpoints.append([*entry, late])
         self.checkpoints.sort(key=lambda c: (c[0], RANK.get(c[1] or "", -1)))
         del self.checkpoints[:-CHECKPOINT_LIMIT]
         return True
@@ -97,3 +101,9 @@ class Shipment:
         if latest[1] in ("RETURNING", "RETURNED"):
             return "returning"
         return None
+
+
+def known_late(checkpoint: list[Any]) -> int:
+    """Seconds between a checkpoint and the time it was known (0 in states kept before
+    that was recorded)."""
+    return checkpoint[4] if len(checkpoint) > 4 else 0
