@@ -8,6 +8,7 @@ stream, to score predictions and to compare runs against.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,13 +39,16 @@ class Replay:
         self.addresses = AddressBook({}, rules.risk)
         self.outcome = Outcome()
 
-    def run(self, records: Iterable[Any]) -> Outcome:
-        """``records``: :class:`worker.simulate.Record` in arrival order."""
-        for record in records:
+    def run(self, records: Iterable[Any], read_ahead: int = 0) -> Outcome:
+        """``records``: :class:`worker.simulate.Record` in arrival order. ``read_ahead``:
+        each tick's decisions wait until that many more records are read, as in a worker
+        whose reads run ahead of its decisions; they must come out the same."""
+        ticks: deque[tuple[int, datetime]] = deque()
+        for n, record in enumerate(records):
             envelope = Envelope(record.event_id, record.source, record.event_type, record.time,
                                 record.key, record.data)
             if envelope.type == "clock.tick":
-                self.until(datetime.fromisoformat(envelope.data["now"]))
+                ticks.append((n + read_ahead, datetime.fromisoformat(envelope.data["now"])))
             elif envelope.type.startswith(("order.", "tracking.")):
                 order_id = envelope.data["order_id"]
                 applied = order.apply(self.states.get(order_id), envelope, received_at=envelope.time)
@@ -53,7 +57,11 @@ class Replay:
                     for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
                         if alert := self.addresses.seen(0, sighting):
                             self.outcome.alerts.append(alert)
-                self.agenda.add(0, envelope.time, order_id)
+                self.agenda.add(0, order.known_from(envelope.time), order_id)
+            while ticks and ticks[0][0] <= n:
+                self.until(ticks.popleft()[1])
+        while ticks:
+            self.until(ticks.popleft()[1])
         return self.outcome
 
     def until(self, now: datetime) -> None:

@@ -277,7 +277,7 @@ class Pipeline:
             # Read again after a crash, the state may have reached the changelog and the
             # agenda not (two topics, flushed apart): waking the order once more at the
             # event's time puts its next wake-up back, and decides nothing twice.
-            self.order_agenda.add(m.partition, wake_at, order_id)
+            self.order_agenda.add(m.partition, order.known_from(wake_at), order_id)
             return
         if applied.unknown_status:
             source = applied.unknown_status.split(":")[0]
@@ -290,7 +290,7 @@ class Pipeline:
             self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
         # Decisions wait for the partition's next tick, so checkpoints that arrive together
         # in any order (an aggregator's backfill) are judged together.
-        self.order_agenda.add(m.partition, wake_at, order_id)
+        self.order_agenda.add(m.partition, order.known_from(wake_at), order_id)
         if envelope.type in risk.TOLD_BY:  # after the writes: nothing is written past an await
             for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
                 await self._send(self.address_inputs, sighting.address, "address.seen",

@@ -23,7 +23,7 @@ from worker.domain.envelope import Envelope
 from worker.domain.milestones import canonical
 from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
-from worker.domain.shipment import Shipment, known_late
+from worker.domain.shipment import Shipment, known_late, told_eta
 from worker.domain.watch import watch_calls
 
 SEEN_LIMIT = 16  # recent event digests, only to count redeliveries
@@ -146,18 +146,20 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime,
         parcel = _parcel(state, data)
         parcel.label_at = told(f"label:{parcel.shipment_id}", stamp(data["shipped_at"]))
         parcel.origin, parcel.destination = data.get("origin", {}), data.get("destination", {})
-        parcel.carrier_eta = data.get("carrier_estimated_delivery") or parcel.carrier_eta
-        parcel.first_eta = parcel.first_eta or data.get("carrier_estimated_delivery")
+        if estimate := data.get("carrier_estimated_delivery"):
+            parcel.carrier_eta = parcel.label_eta = estimate
+            parcel.first_eta = parcel.first_eta or estimate
         state.shipments[parcel.shipment_id] = parcel.to_dict()
     elif kind == "tracking.updated":
         trigger = f"{kind}:{data['shipment_id']}"
         reading = canonical(data["checkpoint"])
         parcel = _parcel(state, data)
         occurred = stamp(data["checkpoint"]["occurred_at"])
+        estimate = stamp(data["estimated_delivery"]) if data.get("estimated_delivery") else None
         parcel.record(occurred, reading, _place(data["checkpoint"].get("location")),
-                      late=_lateness(occurred, known))
-        if data.get("estimated_delivery") and (parcel.eta_at is None or occurred >= parcel.eta_at):
-            parcel.carrier_eta, parcel.eta_at = stamp(data["estimated_delivery"]), occurred
+                      late=_lateness(occurred, known), eta=estimate)
+        if estimate and (parcel.eta_at is None or occurred >= parcel.eta_at):
+            parcel.carrier_eta, parcel.eta_at = estimate, occurred
         state.shipments[parcel.shipment_id] = parcel.to_dict()
         if not reading.known:
             state.unknown_statuses += 1
@@ -165,6 +167,13 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime,
     state.caused_by[trigger] = event.id
     state.received_at[trigger] = stamp(received_at)
     return Applied(state)
+
+
+def known_from(known_at: datetime) -> datetime:
+    """The first whole second at which a fact told at ``known_at`` counts as known: when
+    to decide on it."""
+    whole = known_at.replace(microsecond=0)
+    return whole if whole == known_at else whole + timedelta(seconds=1)
 
 
 def _lateness(at: str, known: datetime) -> int:
@@ -248,6 +257,11 @@ def as_of(state: OrderState, when: str) -> OrderState:
         # may be known early, and a scan before its label: the two topics are read apart.
         if told and not (p.label_at or p.checkpoints):
             continue
+        # The carrier's estimate as the latest scan known by then told it, else its label.
+        estimates = [c for c in p.checkpoints if told_eta(c)]
+        p.carrier_eta, p.eta_at = (told_eta(estimates[-1]), estimates[-1][0]) if estimates else (
+            p.label_eta if p.label_at else None, None)
+        p.first_eta = p.first_eta if p.label_at else None
         parcels[sid] = p.to_dict()
     return OrderState(
         order_id=state.order_id, order=state.order, paid_at=keep("paid", state.paid_at),

@@ -28,9 +28,10 @@ class Shipment:
     destination: dict[str, Any] = field(default_factory=dict)
     carrier_eta: str | None = None  # the carrier's latest estimate
     eta_at: str | None = None  # the checkpoint that told it: an older one told late does not win
+    label_eta: str | None = None  # the estimate order.shipped told
     first_eta: str | None = None  # its first: the promise when the order made none
     # [occurred_at (UTC, seconds), milestone or None when unknown, reason or raw code, place,
-    #  seconds from occurred_at until it was known (a scan told late)]
+    #  seconds from occurred_at until it was known (a scan told late), the estimate it told]
     checkpoints: list[list[Any]] = field(default_factory=list)
 
     @classmethod
@@ -40,16 +41,18 @@ class Shipment:
     def to_dict(self) -> dict[str, Any]:
         return plain(self)
 
-    def record(self, occurred_at: str, reading: Reading, place: str = "", late: int = 0) -> bool:
-        """Add one checkpoint, known ``late`` seconds after it happened; False when it was
-        already known (then as early as either copy says)."""
+    def record(self, occurred_at: str, reading: Reading, place: str = "", late: int = 0,
+               eta: str | None = None) -> bool:
+        """Add one checkpoint, known ``late`` seconds after it happened, with the delivery
+        estimate it told; False when it was already known (then as early as either copy
+        says, with the estimate either told)."""
         detail = reading.exception_reason if reading.known else reading.raw_code
         entry = [occurred_at, reading.milestone, detail, place]
         for known in self.checkpoints:
             if known[:4] == entry:
-                known[4:] = [min(late, known_late(known))]
+                known[4:] = [min(late, known_late(known)), told_eta(known) or eta]
                 return False
-        self.checkpoints.append([*entry, late])
+        self.checkpoints.append([*entry, late, eta])
         self.checkpoints.sort(key=lambda c: (c[0], RANK.get(c[1] or "", -1)))
         del self.checkpoints[:-CHECKPOINT_LIMIT]
         return True
@@ -107,3 +110,7 @@ def known_late(checkpoint: list[Any]) -> int:
     """Seconds between a checkpoint and the time it was known (0 in states kept before
     that was recorded)."""
     return checkpoint[4] if len(checkpoint) > 4 else 0
+
+
+def told_eta(checkpoint: list[Any]) -> str | None:
+    return checkpoint[5] if len(checkpoint) > 5 else None
