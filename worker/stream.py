@@ -288,13 +288,13 @@ class Pipeline:
         if change := applied.state.active_parcels - active_before:
             key = str(m.partition).encode()
             self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
-        # Decisions wait for the partition's next tick, so checkpoints that arrive together
-        # in any order (an aggregator's backfill) are judged together.
+        # Decided on at the partition's next tick, from the second the event counts as known.
         self.order_agenda.add(m.partition, order.known_from(wake_at), order_id)
         if envelope.type in risk.TOLD_BY:  # after the writes: nothing is written past an await
+            # Not waited for: the commit after this event waits for the producer (fix 2).
             for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
-                await self._send(self.address_inputs, sighting.address, "address.seen",
-                                 f"seen-{sighting.order_id}-{sighting.address}", order_id, plain(sighting))
+                await self._publish(self.address_inputs, sighting.address, "address.seen",
+                                    f"seen-{sighting.order_id}-{sighting.address}", order_id, plain(sighting))
 
     async def _decide_until_tick(self, partition: int) -> None:
         """Make the decisions due by the last tick, as far as ``orders.events`` allows.
