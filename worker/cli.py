@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-async def _prepare(settings: Settings, what: str) -> None:
+async def _prepare(settings: Settings, what: str, more: dict[str, dict[str, str]] | None = None) -> None:
     await topics.wait_for_broker(settings, what=what)
-    created = await topics.ensure(settings)
+    created = await topics.ensure(settings, more)
     if created:
         log.info("created topics: %s", ", ".join(created))
 
@@ -91,9 +91,13 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     from worker.stream import build_app
 
-    asyncio.run(_prepare(settings, "worker"))
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
+    # The tables' changelogs too. Faust creates them as it starts, sometimes after its
+    # first assignment, and a table whose changelog its consumer has not seen refuses
+    # every write (PartitionsMismatch) until the next metadata refresh, minutes later.
+    changelogs = {t.changelog_topic_name: {"cleanup.policy": "compact"} for t in app.tables.values()}
+    asyncio.run(_prepare(settings, "worker", changelogs))
     worker = Worker(app, quiet=True, loglevel=settings.log_level,
                     logging_config=logs.logging_config(settings.log_level, settings.log_format))
     worker.execute_from_commandline()

@@ -258,7 +258,9 @@ class Pipeline:
         if envelope.type == "clock.tick":
             # Under the event clock, as far as the tick says: order events read ahead of
             # the partition's tracking events must not carry decisions past scans not read yet.
-            reached = (_event_time(envelope) or now) if self.settings.event_clock else now
+            # Under the wall clock, to the next whole second: an event read in this one
+            # counts as known from it (order.known_from), and is decided on now.
+            reached = (_event_time(envelope) or now) if self.settings.event_clock else order.known_from(now)
             self.tick_target[m.partition] = max(reached, self.tick_target.get(m.partition, reached))
             await self._decide_until_tick(m.partition)
             return

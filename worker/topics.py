@@ -64,15 +64,16 @@ async def wait_for_broker(settings: Settings, *, what: str, retry_seconds: float
             await asyncio.sleep(retry_seconds)
 
 
-async def ensure(settings: Settings) -> list[str]:
-    """Create missing topics; return the names created."""
+async def ensure(settings: Settings, more: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Create missing topics (ours, and ``more`` of the same partition count); return the
+    names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
             NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
-            for name, configs in specs(settings).items()
+            for name, configs in {**specs(settings), **(more or {})}.items()
             if name not in existing
         ]
         if wanted:
