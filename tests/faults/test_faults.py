@@ -44,8 +44,8 @@ KILLS = int(os.environ.get("NOTIFIER_FAULT_KILLS", "3"))
 START = datetime(2026, 11, 9, tzinfo=UTC)
 POISON_SHARE = 0.02
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
-# The short form lost one order's state from its creation at a worker handover in two of
-# about ten fresh-clone `make test` runs on 2026-12-01 (docs/reliability.md), not yet
+# The short form lost one order's state from its creation at a worker handover in two
+# fresh-clone `make test` runs on 2026-12-01 (at least four others passed) (docs/reliability.md), not yet
 # traced; the 5,000-order runs of `make test-faults` passed every time that day. Kept
 # running, a loss named in a warning, until it is found; `make test-faults` is strict.
 SHORT_FORM_MAY_LOSE = pytest.mark.xfail(ORDERS < 1000, strict=False, reason="the short form "
