@@ -271,15 +271,16 @@ class Pipeline:
             # Its messages will lack the order's details: a gap in the stream worth knowing.
             log.warning("%s for an order never created here", envelope.type, extra={"order_id": order_id})
         active_before = known.active_parcels if known else 0
-        # At the event's own time: the partition's clock may already be far ahead of it.
-        wake_at = min(now, envelope.time or now)
+        # At the event's own time (the partition's clock may already be far ahead of it),
+        # from the whole second it counts as known.
+        wake_at = order.known_from(min(now, envelope.time or now))
         applied = order.apply(known, envelope, received_at=_wall_now(), known_at=wake_at)
         if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
             # Read again after a crash, the state may have reached the changelog and the
             # agenda not (two topics, flushed apart): waking the order once more at the
             # event's time puts its next wake-up back, and decides nothing twice.
-            self.order_agenda.add(m.partition, order.known_from(wake_at), order_id)
+            self.order_agenda.add(m.partition, wake_at, order_id)
             return
         if applied.unknown_status:
             source = applied.unknown_status.split(":")[0]
@@ -290,8 +291,8 @@ class Pipeline:
         if change := applied.state.active_parcels - active_before:
             key = str(m.partition).encode()
             self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
-        # Decided on at the partition's next tick, from the second the event counts as known.
-        self.order_agenda.add(m.partition, order.known_from(wake_at), order_id)
+        # Decided on at the partition's next tick.
+        self.order_agenda.add(m.partition, wake_at, order_id)
         if envelope.type in risk.TOLD_BY:  # after the writes: nothing is written past an await
             # Not waited for: the commit after this event waits for the producer (fix 2).
             for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
