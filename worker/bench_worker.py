@@ -11,7 +11,7 @@ input topics before anything reads them:
     the same inputs and does all it does in production (order state, rules, lanes, intents,
     the customer stage, dispatch commands), timed from its readiness to the commit of its
     last input;
-(c) memory per active order: the orders the worker held at the end (with their agendas and
+(c) memory per active order: the orders the worker held at the end (with their wake-ups and
     their customers) are copied under new ids into a fresh worker's changelogs, to each
     ``--active`` count; that worker recovers them, and its resident memory above an empty
     worker's, divided by the orders, is what one order costs (memory and RocksDB stores;
@@ -41,14 +41,13 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from worker import simulate, topics
-from worker.agenda import DAY, HOUR, MINUTE
 from worker.bench import broker_for, machine
 from worker.broker import free_port
 from worker.figures import write_block
 from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
-COPIED_TABLES = ("orders", "order_agenda", "customers")  # the tables that grow with orders
+COPIED_TABLES = ("orders", "customers")  # the tables that grow with orders
 ORDER_ID = re.compile(rb"SO\d{8}-\d{9}")
 CUSTOMER_ID = re.compile(rb"CU-\d{5}")
 
@@ -254,12 +253,8 @@ async def _snapshot(settings: Settings, app_id: str) -> dict[str, dict[bytes, by
 def _copies(tables: dict[str, dict[bytes, bytes]], count: int,
             partitions: int) -> Iterator[tuple[str, bytes, bytes, int]]:
     """(table, key, value, partition) for ``count`` orders made from the held ones: each copy
-    renames its orders and customers, and its wake-ups go to the agenda buckets of the
-    copies' own partitions."""
+    renames its orders and customers (an order's wake-up time travels in its state)."""
     orders = list(tables.get("orders", {}).items())
-    wakeups = [(second, key.encode()) for bucket, raw in tables.get("order_agenda", {}).items()
-               if bucket.split(b"|")[2].isdigit() for second, key in orjson.loads(raw)]
-    buckets: dict[tuple[int, int], list[list]] = {}
     made = 0
     for copy in range(math.ceil(count / max(1, len(orders)))):
         tag = f"-{copy}".encode() if copy else b""
@@ -275,20 +270,6 @@ def _copies(tables: dict[str, dict[bytes, bytes]], count: int,
         for key, value in tables.get("customers", {}).items():
             key = renamed(key)
             yield "customers", key, renamed(value), _partition(key, partitions)
-        for second, order_id in wakeups:
-            order_id = renamed(order_id)
-            p = _partition(order_id, partitions)
-            buckets.setdefault((p, second // MINUTE), []).append([second, order_id.decode()])
-    hours: dict[int, set[int]] = {}
-    for (p, minute), entries in buckets.items():
-        hours.setdefault(p, set()).add(minute * MINUTE // HOUR)
-        yield "order_agenda", f"wake|{p}|{minute}".encode(), orjson.dumps(entries), p
-    for p, held in hours.items():  # the agenda's index: days, and each day's hours
-        days = sorted({hour * HOUR // DAY for hour in held})
-        yield "order_agenda", f"wake|{p}|days".encode(), orjson.dumps(days), p
-        for day in days:
-            of_day = sorted(hour for hour in held if hour * HOUR // DAY == day)
-            yield "order_agenda", f"wake|{p}|hours|{day}".encode(), orjson.dumps(of_day), p
 
 
 def _partition(key: bytes, partitions: int) -> int:

@@ -1,7 +1,7 @@
 """A stream through the pure decision code alone, without a broker.
 
-The order stage and the lane stage as the worker runs them under the event clock (agenda,
-wake-ups at their due times, lessons into lane day buckets, figures back to the order
+The order stage and the lane stage as the worker runs them under the event clock (each
+order's wake-ups at their due times, lessons into lane day buckets, figures back to the order
 stage), in one process and in arrival order: what the worker should decide for a
 stream, to score predictions and to compare runs against.
 """
@@ -15,12 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from worker.address_book import AddressBook
-from worker.agenda import Agenda
 from worker.domain import lanes, order, risk
 from worker.domain.envelope import Envelope
 from worker.domain.notification import Alert, Intent
 from worker.domain.rules import Rules
 from worker.lane_book import LaneBook
+from worker.wakeups import Wakeups
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Replay:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self.states: dict[str, order.OrderState] = {}
-        self.agenda = Agenda({}, "wake")
+        self.wakeups = Wakeups()
         self.book = LaneBook({}, rules.prediction)
         self.addresses = AddressBook({}, rules.risk)
         self.outcome = Outcome()
@@ -57,7 +57,7 @@ class Replay:
                     for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
                         if alert := self.addresses.seen(0, sighting):
                             self.outcome.alerts.append(alert)
-                self.agenda.add(0, order.known_from(envelope.time), order_id)
+                self.wakeups.set(0, order_id, applied.state.wake_at)
             while ticks and ticks[0][0] <= n:
                 self.until(ticks.popleft()[1])
         while ticks:
@@ -65,15 +65,15 @@ class Replay:
         return self.outcome
 
     def until(self, now: datetime) -> None:
-        queue = self.agenda.pop_due(0, now)
+        queue = self.wakeups.due(0, now)
         while queue:
             queue.sort()
             due, order_id = queue.pop(0)
             upcoming = self._wake(order_id, due)
             if upcoming is not None and upcoming <= now:
                 queue.append((upcoming, order_id))
-            elif upcoming is not None:
-                self.agenda.add(0, upcoming, order_id)
+            else:
+                self.wakeups.set(0, order_id, upcoming)
 
     def _wake(self, order_id: str, now: datetime) -> datetime | None:
         if order_id not in self.states:

@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 import tomllib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,6 @@ from aiohttp import web
 
 from worker import codec, faust_fixes, metrics, runtime
 from worker.address_book import AddressBook
-from worker.agenda import Agenda
 from worker.lane_book import LaneBook
 from worker.codec import BadInput
 from worker.domain import customer, engagement, inbox, lanes, links, order, risk
@@ -43,6 +42,7 @@ from worker.domain.rules import CHANNELS, Rules, parse
 from worker.render import catalog_locale, for_channel, render
 from worker.settings import Settings
 from worker.tracking_site import TrackingSite
+from worker.wakeups import Wakeups
 
 log = logging.getLogger("worker.stream")
 
@@ -127,7 +127,8 @@ class Pipeline:
         self.dispatch = {c: raw_topic(app, t.dispatch(c)) for c in CHANNELS}
         # Each stage has its own tables: the stages' partitions may live on different workers.
         self.orders = raw_table(app, "orders", n)
-        self.order_agenda = Agenda(raw_table(app, "order_agenda", n), "wake")
+        self.order_wakeups = Wakeups(lambda: self._held(
+            self.orders, t.orders, lambda state: state.get("wake_at")))
         self.clock_marks = raw_table(app, "clock", n)
         self.active_counts = raw_table(app, "active_parcels", n)  # partition -> parcels on their way
         self.clock = Clock(event_mode=settings.event_clock)
@@ -136,7 +137,8 @@ class Pipeline:
         self.orders_read: dict[int, tuple[int, datetime | None]] = {}
         self.decided_until: dict[int, datetime] = {}
         self.customers = raw_table(app, "customers", n)
-        self.customer_agenda = Agenda(raw_table(app, "customer_agenda", n), "release")
+        self.customer_wakeups = Wakeups(lambda: self._held(  # held notifications' releases
+            self.customers, t.intents, lambda state: customer.CustomerState.from_dict(state).next_release))
         self.watermarks = raw_table(app, "watermarks", n)
         self.lane_inputs = raw_topic(app, t.lanes)
         self.lane_figures_topic = raw_topic(app, t.lane_figures)
@@ -196,7 +198,8 @@ class Pipeline:
         """A rebalance: what this worker remembers of its partitions' progress is stale, as
         another worker may take them further before they come back, and the stream reads
         on from their committed offsets. Ticks, order records and the clock marks say it anew."""
-        for progress in (self.tick_target, self.orders_read, self.decided_until, self.clock.high_water):
+        for progress in (self.tick_target, self.orders_read, self.decided_until, self.clock.high_water,
+                         self.order_wakeups, self.customer_wakeups):
             progress.clear()
 
     async def _guarded(self, event: faust.EventT, handle: Any, stage: str) -> None:
@@ -277,10 +280,6 @@ class Pipeline:
         applied = order.apply(known, envelope, received_at=_wall_now(), known_at=wake_at)
         if applied.duplicate:
             metrics.duplicates.labels(m.topic).inc()
-            # Read again after a crash, the state may have reached the changelog and the
-            # agenda not (two topics, flushed apart): waking the order once more at the
-            # event's time puts its next wake-up back, and decides nothing twice.
-            self.order_agenda.add(m.partition, wake_at, order_id)
             return
         if applied.unknown_status:
             source = applied.unknown_status.split(":")[0]
@@ -292,7 +291,7 @@ class Pipeline:
             key = str(m.partition).encode()
             self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
         # Decided on at the partition's next tick.
-        self.order_agenda.add(m.partition, wake_at, order_id)
+        self.order_wakeups.set(m.partition, order_id, applied.state.wake_at)
         if envelope.type in risk.TOLD_BY:  # after the writes: nothing is written past an await
             # Not waited for: the commit after this event waits for the producer (fix 2).
             for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
@@ -322,10 +321,10 @@ class Pipeline:
             return
         woken: dict[str, order.OrderState | None] = {}
         acks: list[Awaitable[Any]] = []
-        # What was decided is acknowledged by the broker before the agenda and the states
-        # that remember it are written: a crash in between repeats the decisions (same ids,
+        # What was decided is acknowledged by the broker before the states that remember it
+        # (and when each is next due) are written: a crash in between repeats the decisions (same ids,
         # de-duplicated downstream) instead of losing them. One wait for the whole pass.
-        await self.order_agenda.drain(partition, allowed, lambda due, order_id: self._wake_order(
+        await self.order_wakeups.drain(partition, allowed, lambda due, order_id: self._wake_order(
             order_id, self._moment(due, allowed), woken, acks), settle=lambda: self._settled(acks))
         for order_id, state in woken.items():
             if state is not None:
@@ -394,6 +393,16 @@ class Pipeline:
                 key = str(self.partition_of(self.settings.topics.orders, order_id.encode())).encode()
                 self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) - parcels).encode()
         return datetime.fromisoformat(decisions.next_wake) if decisions.next_wake else None
+
+    def _held(self, table: faust.Table, topic: str,
+              due_of: Callable[[dict[str, Any]], str | None]) -> Iterator[tuple[int, str, str | None]]:
+        """(partition, key, when due) of every key of ``table`` in a partition of ``topic``
+        that this worker holds active: what its index of wake-ups is built from."""
+        active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        for key, saved in list(table.data.items()):
+            partition = self.app.producer.key_partition(topic, key).partition
+            if partition in active:
+                yield partition, key.decode(), due_of(orjson.loads(saved))
 
     def lanes_of(self, keys: Any) -> list[dict[str, Any]]:
         return [self.lane_figures[k] for k in keys if k in self.lane_figures]
@@ -521,7 +530,7 @@ class Pipeline:
             now = self._watermark(m.partition, data)
             if now is None:
                 return
-            await self.customer_agenda.drain(m.partition, now, lambda due, customer_id: (
+            await self.customer_wakeups.drain(m.partition, now, lambda due, customer_id: (
                 self._release(customer_id, self._moment(due, now))), settle=lambda: self._settled([]))
             return
         intent = Intent.from_dict(data)
@@ -621,9 +630,7 @@ class Pipeline:
         self.customers[state.customer_id.encode()] = orjson.dumps(state.to_dict())
 
     def _plan_release(self, partition: int, state: customer.CustomerState) -> None:
-        if state.next_release:
-            self.customer_agenda.add(partition, datetime.fromisoformat(state.next_release),
-                                     state.customer_id)
+        self.customer_wakeups.set(partition, state.customer_id, state.next_release)
 
     async def _carry_out(self, action: customer.Action) -> None:
         intent = action.intent

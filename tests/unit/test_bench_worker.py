@@ -1,12 +1,10 @@
 """The memory benchmark's copies of held orders: what a fresh worker recovers must be a
 real worker's tables, only more of them."""
 
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from worker.agenda import Agenda
 from worker.bench_worker import _copies, _partition
 
 T0 = datetime(2026, 10, 3, 8, tzinfo=UTC)
@@ -14,15 +12,13 @@ ORDERS = ("SO20261001-026000001", "SO20261001-026000002")
 
 
 def held_tables() -> dict[str, dict[bytes, bytes]]:
-    agenda_table: dict[bytes, bytes] = {}
-    agenda = Agenda(agenda_table, "wake")
     orders = {}
     for n, order_id in enumerate(ORDERS):
-        orders[order_id.encode()] = orjson.dumps({"order_id": order_id,
-                                                  "order": {"customer": {"id": "CU-00007"}}})
-        agenda.add(_partition(order_id.encode(), 4), T0 + timedelta(minutes=n), order_id)
+        orders[order_id.encode()] = orjson.dumps({
+            "order_id": order_id, "order": {"customer": {"id": "CU-00007"}},
+            "wake_at": (T0 + timedelta(minutes=n)).isoformat()})
     customers = {b"CU-00007": orjson.dumps({"customer_id": "CU-00007", "orders": list(ORDERS)})}
-    return {"orders": orders, "order_agenda": agenda_table, "customers": customers}
+    return {"orders": orders, "customers": customers}
 
 
 def test_copies_rename_orders_and_customers_and_stop_at_the_count():
@@ -38,23 +34,9 @@ def test_copies_rename_orders_and_customers_and_stop_at_the_count():
     assert copied[b"SO20261001-026000001-2"]["order"]["customer"]["id"] == "CU-00007-2"
 
 
-def test_every_row_goes_to_its_keys_partition_and_wake_ups_to_their_partitions_buckets():
+def test_every_row_goes_to_its_keys_partition_and_keeps_its_wake_up_time():
     rows = list(_copies(held_tables(), 6, partitions=4))
-    wakeups: dict[int, list[str]] = defaultdict(list)
     for table, key, value, partition in rows:
-        if table == "order_agenda":
-            name, p, minute, *_ = key.decode().split("|")
-            assert (name, int(p)) == ("wake", partition)
-            if minute.isdigit():
-                wakeups[partition] += [order_id for _, order_id in orjson.loads(value)]
-        else:
-            assert partition == _partition(key, 4)
-    copied = [key.decode() for table, key, _, _ in rows if table == "orders"]
-    assert sorted(w for ws in wakeups.values() for w in ws) == sorted(copied)
-    for partition, order_ids in wakeups.items():
-        assert all(_partition(o.encode(), 4) == partition for o in order_ids)
-    # The recovered agenda wakes them at the held times, as the worker would.
-    table = {key: value for t, key, value, _ in rows if t == "order_agenda"}
-    agenda = Agenda(table, "wake")
-    due = [key for p in range(4) for _, key in agenda.pop_due(p, T0 + timedelta(minutes=5))]
-    assert sorted(due) == sorted(copied)
+        assert partition == _partition(key, 4)
+    wake_ups = sorted(orjson.loads(value)["wake_at"] for table, _, value, _ in rows if table == "orders")
+    assert wake_ups == sorted([(T0 + timedelta(minutes=n)).isoformat() for n in (0, 1)] * 3)

@@ -60,6 +60,10 @@ class OrderState:
     # Seconds between an order fact and the time it was known, where it was told late
     # ("paid", "cancelled", "return:<step>", "label:<shipment>"); scans keep their own.
     late: dict[str, int] = field(default_factory=dict)
+    # When the order is next to be looked at (UTC stamp): an event makes it due from the
+    # second it counts as known, each look says when next. Kept with the state, so the
+    # worker's index of wake-ups is built again from the orders themselves.
+    wake_at: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> OrderState:
@@ -121,6 +125,8 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime,
         return Applied(state, duplicate=True)
     state.seen = [*state.seen[-(SEEN_LIMIT - 1):], digest]
     known = known_at or event.time or received_at
+    due = stamp(known_from(known))
+    state.wake_at = min(state.wake_at or due, due)
 
     def told(fact: str, at: str) -> str:
         if late := _lateness(at, known):
@@ -234,9 +240,11 @@ def wake(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_
         placed = [stamp(state.order["placed_at"])] if state.order and state.order.get("placed_at") else []
         forget_at = plus(max([*facts, *placed], default=when), days=rules.policy.keep_days)
         if forget_at <= when:
+            state.wake_at = None
             return Decisions(state, intents, alerts, None, lessons, forget=True)
         upcoming.append(forget_at)
-    return Decisions(state, intents, alerts, min(upcoming), lessons)
+    state.wake_at = min(upcoming)
+    return Decisions(state, intents, alerts, state.wake_at, lessons)
 
 
 def as_of(state: OrderState, when: str) -> OrderState:

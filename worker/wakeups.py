@@ -1,0 +1,94 @@
+"""When each order or customer of a partition is next due, held in memory.
+
+The index of a table whose values say when they are next due themselves (an order's
+``wake_at``, a customer's ``next_release``). It holds nothing the table does not, so it
+is never written anywhere: a restart or a rebalance loses nothing, and whoever holds a
+partition builds its index again from the table (``source``) when it is first asked. A table of
+wake-ups beside the states (as this was first built) cost more changelog records than
+the states themselves, and could disagree with them after a crash between the two.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+
+Source = Callable[[], Iterable[tuple[int, str, str | None]]]  # (partition, key, when due)
+
+
+class Wakeups:
+    def __init__(self, source: Source = lambda: ()) -> None:
+        self.source, self.built = source, False
+        self._at: dict[int, dict[str, int]] = {}  # partition -> key -> epoch second
+        # partition -> (second, key), oldest first; an entry whose second is no longer the
+        # key's is left in place and passed over when it comes up.
+        self._queue: dict[int, list[tuple[int, str]]] = {}
+
+    def clear(self) -> None:
+        """Forget everything: the source is read again when the index is next asked."""
+        self._at.clear()
+        self._queue.clear()
+        self.built = False
+
+    def _build(self) -> None:
+        self.built = True
+        for partition, key, due in self.source():
+            self.set(partition, key, due)
+
+    def set(self, partition: int, key: str, due: str | datetime | None) -> None:
+        """``key`` is next due at ``due`` (a stamp or a time), or never (None)."""
+        if not self.built:
+            self._build()
+        at = self._at.setdefault(partition, {})
+        if due is None:
+            at.pop(key, None)
+            return
+        second = int((datetime.fromisoformat(due) if isinstance(due, str) else due).timestamp())
+        if at.get(key) == second:
+            return
+        at[key] = second
+        queue = self._queue.setdefault(partition, [])
+        heapq.heappush(queue, (second, key))
+        if len(queue) > 2 * len(at) + 64:  # mostly entries passed over: start it afresh
+            queue[:] = sorted((s, k) for k, s in at.items())
+
+    def due(self, partition: int, now: datetime) -> list[tuple[datetime, str]]:
+        """(due time, key) of the keys due at or before ``now``, oldest first; nothing changes."""
+        if not self.built:
+            self._build()
+        until, at = int(now.timestamp()), self._at.get(partition, {})
+        queue = self._queue.get(partition, [])
+        taken, due = [], []
+        while queue and queue[0][0] <= until:
+            entry = heapq.heappop(queue)
+            if at.get(entry[1]) == entry[0]:
+                taken.append(entry)
+                due.append((datetime.fromtimestamp(entry[0], UTC), entry[1]))
+        for entry in taken:
+            heapq.heappush(queue, entry)
+        return due
+
+    async def drain(self, partition: int, now: datetime,
+                    visit: Callable[[datetime, str], Awaitable[datetime | None]],
+                    settle: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Visit every key due by ``now`` in time order. ``visit`` answers when the key is
+        next due: by ``now``, it is visited again in this same pass; later, it is kept;
+        None, it leaves.
+
+        The index changes only once every visit is done and ``settle`` (the caller's wait
+        for what the visits published) has returned: a pass cut short leaves every key
+        due, to be visited again."""
+        queue = self.due(partition, now)
+        upcoming: dict[str, datetime | None] = {}
+        while queue:
+            at, key = heapq.heappop(queue)
+            upcoming[key] = await visit(at, key)
+            if (next_at := upcoming[key]) is not None and next_at <= now:
+                heapq.heappush(queue, (next_at, key))
+        if settle is not None:
+            await settle()
+        for key, next_at in upcoming.items():
+            self.set(partition, key, next_at)
