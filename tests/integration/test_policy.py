@@ -3,7 +3,7 @@
 Everything is checked from what left the system: the sinks' outbox and
 ``notifications.sent``. The expectations come from the generated stream itself.
 
-`make test` replays 500 orders (the worker takes about six minutes for 5,000 on two
+`make test` replays 300 orders (the worker takes about six minutes for 5,000 on two
 cores, which would put the suite past its ten-minute budget); `make test-policy` and
 ``NOTIFIER_POLICY_ORDERS=5000`` replay all 5,000.
 """
@@ -28,7 +28,7 @@ from worker.stream import load_rules
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 10, 19, tzinfo=UTC)  # spans the end of DST in London and Los Angeles
-ORDERS = int(os.environ.get("NOTIFIER_POLICY_ORDERS", "500"))
+ORDERS = int(os.environ.get("NOTIFIER_POLICY_ORDERS", "300"))
 ONCE_PER_PARCEL = ("shipped", "delivered", "customs_hold", "available_for_pickup",
                    "in_transit_update")
 ONCE_PER_ORDER = ("order_confirmed", "ship_delayed", "review_request", "order_cancelled")
