@@ -151,7 +151,7 @@ def test_kills_poison_and_failing_providers_lose_nothing_and_repeat_nothing(stac
         return None if not left else (decided, left)
 
     # The worker is far behind the stream at 5,000 orders: allow it time to drain.
-    wait_for(lambda: unanswered() is None, timeout=max(150, ORDERS / 4), interval=5)
+    wait_for(lambda: unanswered() is None, timeout=max(150, ORDERS / 4), interval=2)
     decided = decided_by_worker()
     if left := unanswered():
         decided, missing = left

@@ -191,7 +191,7 @@ def happy_ids() -> list[str]:
     return [i.notification_id for i in run(*story(*HAPPY), through_customer=False).intents]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.randoms(use_true_random=False), st.integers(0, 3))
 def test_shuffled_and_duplicated_checkpoints_tell_the_same(rnd: random.Random, copies: int):
     """Checkpoints arriving between two decisions, in any order and any number of times,
