@@ -323,8 +323,8 @@ class Pipeline:
         woken: dict[str, order.OrderState | None] = {}
         acks: list[Awaitable[Any]] = []
         # What was decided is acknowledged by the broker before the states that remember it
-        # (and when each is next due) are written: a crash in between repeats the decisions (same ids,
-        # de-duplicated downstream) instead of losing them. One wait for the whole pass.
+        # (and when each is next due) are written: a crash in between repeats the decisions
+        # (same ids, de-duplicated downstream) instead of losing them. One wait for the pass.
         await self.order_wakeups.drain(partition, allowed, lambda due, order_id: self._wake_order(
             order_id, self._moment(due, allowed), woken, acks), settle=lambda: self._settled(acks))
         for order_id, state in woken.items():
@@ -619,8 +619,7 @@ class Pipeline:
         heard = self.heard.setdefault(partition, {})
         source = tick.get("source_partition", partition)
         told = datetime.fromisoformat(tick["now"])
-        if told > heard.get(source, told - timedelta(seconds=1)):
-            heard[source] = told
+        heard[source] = max(told, heard.get(source, told))
         key = str(partition).encode()
         saved = self.watermarks.get(key)
         floor = datetime.fromisoformat(saved.decode()) if saved else None
