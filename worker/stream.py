@@ -401,8 +401,7 @@ class Pipeline:
         that this worker holds active: what its index of wake-ups is built from."""
         active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
         for key, saved in list(table.data.items()):
-            partition = self.app.producer.key_partition(topic, key).partition
-            if partition in active:
+            if (partition := self.partition_of(topic, key)) in active:
                 yield partition, key.decode(), due_of(orjson.loads(saved))
 
     def lanes_of(self, keys: Any) -> list[dict[str, Any]]:
