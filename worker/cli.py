@@ -122,6 +122,8 @@ def run_senders(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_sinks(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
     from worker import sinks
 
     async def serve() -> None:
@@ -135,7 +137,7 @@ def run_sinks(settings: Settings, args: argparse.Namespace) -> int:
                 else:
                     server.close()
 
-    asyncio.run(serve())
+    uvloop.run(serve())
     return 0
 
 

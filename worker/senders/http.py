@@ -11,15 +11,19 @@ from worker.senders import PermanentFailure, RetryLater
 
 
 def session(timeout_seconds: float, connections: int = 256) -> aiohttp.ClientSession:
-    """Kept-alive connections, as many as the senders' calls in flight; JSON bodies by
-    orjson (the standard library's encoder was a tenth of the senders' CPU)."""
+    """Kept-alive connections, as many as the senders' calls in flight."""
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_seconds),
                                  connector=aiohttp.TCPConnector(limit=connections),
-                                 json_serialize=_json, raise_for_status=False)
+                                 raise_for_status=False)
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def post_json(http: aiohttp.ClientSession, url: str, value: Any,
+              headers: dict[str, str] | None = None) -> Any:
+    """A POST of ``value`` as JSON, encoded by orjson straight to bytes (the standard
+    library's encoder was a tenth of the senders' CPU; aiohttp's ``json=`` takes a str and
+    encodes it again, 3 %)."""
+    return http.post(url, data=orjson.dumps(value),
+                     headers={"Content-Type": "application/json", **(headers or {})})
 
 
 def retry_after(response: aiohttp.ClientResponse) -> float | None:
@@ -45,7 +49,8 @@ async def call(request: Any) -> tuple[aiohttp.ClientResponse, Any]:
     failure or a timeout may pass."""
     try:
         async with request as response:
-            body = await response.json(content_type=None) if response.content_length != 0 else None
-            return response, body
+            if response.content_length == 0:
+                return response, None
+            return response, await response.json(content_type=None, loads=orjson.loads)
     except (aiohttp.ClientError, TimeoutError) as error:
         raise RetryLater(type(error).__name__, answered=False) from None

@@ -31,7 +31,7 @@ class FcmSender(Sender):
                         "notification": {"tag": command["notification_id"]}},
             "apns": {"headers": {"apns-collapse-id": command["notification_id"][:64]}},
         }}
-        response, body = await http.call(self.http.post(self.url, json=message, headers=self.headers))
+        response, body = await http.call(http.post_json(self.http, self.url, message, self.headers))
         if response.status in (400, 404) and _error_code(body) in ("UNREGISTERED", "INVALID_ARGUMENT"):
             # The app was uninstalled or the token is stale: remove it, never retry it.
             raise PermanentFailure("unregistered_token", _error_code(body))

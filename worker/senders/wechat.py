@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import quote
 from typing import Any
 
 from worker.senders import Delivery, PermanentFailure, RetryLater, Sender, http
@@ -37,9 +38,8 @@ class WechatSender(Sender):
                    "client_msg_id": command["notification_id"]}
         for _ in range(2):
             token = await self._token()
-            response, body = await http.call(self.http.post(
-                f"{self.base}/cgi-bin/message/template/send", params={"access_token": token},
-                json=message))
+            url = f"{self.base}/cgi-bin/message/template/send?access_token={quote(token, safe='')}"
+            response, body = await http.call(http.post_json(self.http, url, message))
             http.judge(response)
             code = (body or {}).get("errcode", 0)
             if code in TOKEN_EXPIRED:
