@@ -1,4 +1,4 @@
-"""How the worker treats Python's garbage collector once it has started."""
+"""How the worker and the senders treat Python's garbage collector once they have started."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of young objects 
 
 def settle() -> None:
     """Call once the process is ready. What start-up built (Faust, aiokafka, aiohttp, rules,
-    templates) lives as long as the process: frozen, it leaves the collector's scans, which
-    otherwise stall the loop for tens of milliseconds at a time under load. Requests and
-    events make short-lived objects by the thousand: young ones are collected less often."""
+    templates, the senders' ledger) lives as long as the process: frozen, it leaves the
+    collector's scans, which otherwise stall the loop for tens of milliseconds at a time
+    under load. Requests and events make short-lived objects by the thousand: young ones
+    are collected less often. (The senders spent a third of their CPU in the collector.)"""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

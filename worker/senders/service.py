@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker import codec, metrics, topics
+from worker import codec, metrics, runtime, topics
 from worker.codec import BadInput
 from worker.senders import ByPlatform, PermanentFailure, RetryLater, Sender
 from worker.senders.flow import Flow
@@ -98,6 +98,7 @@ class SendersService:
     async def run(self) -> None:
         await self.producer.start()
         await self._load_ledger()
+        runtime.settle()
         await self.consumer.start()
         await self.retries.start()
         log.info("senders ready: %s; ledger holds %d outcomes", ", ".join(self.senders),
