@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker import logs, settings as settings_module, topics
+from worker import logs, runtime, settings as settings_module, topics
 from worker.settings import Settings, SettingsError
 
 log = logging.getLogger("worker.cli")
@@ -128,6 +128,7 @@ def run_sinks(settings: Settings, args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         servers = await sinks.serve(settings)
+        runtime.settle()
         try:
             await _until_signalled(None)
         finally:

@@ -1,4 +1,4 @@
-"""How the worker and the senders treat Python's garbage collector once they have started."""
+"""How the worker, the senders and the sinks treat Python's garbage collector once started."""
 
 from __future__ import annotations
 
