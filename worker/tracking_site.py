@@ -38,7 +38,7 @@ from aiohttp import web
 from faust.types import TP
 from faust.web import View
 
-from worker import metrics
+from worker import metrics, packing
 from worker.domain import engagement, links, tracking
 from worker.domain.limiter import Buckets
 from worker.domain.order import OrderState
@@ -128,7 +128,7 @@ class TrackingSite:
         if not routed and (owner := self._owner(order_id)) is not None:
             return await self._forward(owner, request)
         saved = self.pipeline.saved(self.pipeline.orders, order_id)
-        state = OrderState.from_dict(orjson.loads(saved)) if saved else None
+        state = OrderState.from_dict(packing.unpack(saved)) if saved else None
         if state is None or state.order is None or (link is None and not tracking.verified(
                 state, q.get("email", ""), q.get("phone4", ""))):
             return self._not_found(request)

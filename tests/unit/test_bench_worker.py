@@ -1,11 +1,10 @@
 """The memory benchmark's copies of held orders: what a fresh worker recovers must be a
-real worker's tables, only more of them."""
+real worker's tables (states packed as it packs them), only more of them."""
 
 from datetime import UTC, datetime, timedelta
 
-import orjson
-
 from worker.bench_worker import _copies, _partition
+from worker.packing import pack, unpack
 
 T0 = datetime(2026, 10, 3, 8, tzinfo=UTC)
 ORDERS = ("SO20261001-026000001", "SO20261001-026000002")
@@ -14,16 +13,16 @@ ORDERS = ("SO20261001-026000001", "SO20261001-026000002")
 def held_tables() -> dict[str, dict[bytes, bytes]]:
     orders = {}
     for n, order_id in enumerate(ORDERS):
-        orders[order_id.encode()] = orjson.dumps({
+        orders[order_id.encode()] = pack({
             "order_id": order_id, "order": {"customer": {"id": "CU-00007"}},
             "wake_at": (T0 + timedelta(minutes=n)).isoformat()})
-    customers = {b"CU-00007": orjson.dumps({"customer_id": "CU-00007", "orders": list(ORDERS)})}
+    customers = {b"CU-00007": pack({"customer_id": "CU-00007", "orders": list(ORDERS)})}
     return {"orders": orders, "customers": customers}
 
 
 def test_copies_rename_orders_and_customers_and_stop_at_the_count():
     rows = list(_copies(held_tables(), 5, partitions=4))
-    orders = [(key, orjson.loads(value)) for table, key, value, _ in rows if table == "orders"]
+    orders = [(key, unpack(value)) for table, key, value, _ in rows if table == "orders"]
     assert len(orders) == 5
     assert len({key for key, _ in orders}) == 5
     for key, state in orders:
@@ -38,5 +37,5 @@ def test_every_row_goes_to_its_keys_partition_and_keeps_its_wake_up_time():
     rows = list(_copies(held_tables(), 6, partitions=4))
     for table, key, value, partition in rows:
         assert partition == _partition(key, 4)
-    wake_ups = sorted(orjson.loads(value)["wake_at"] for table, _, value, _ in rows if table == "orders")
+    wake_ups = sorted(unpack(value)["wake_at"] for table, _, value, _ in rows if table == "orders")
     assert wake_ups == sorted([(T0 + timedelta(minutes=n)).isoformat() for n in (0, 1)] * 3)
