@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 from worker.senders import Delivery, PermanentFailure, RetryLater, Sender, http
 from worker.settings import Settings
