@@ -287,7 +287,7 @@ class Pipeline:
             metrics.unknown_statuses.labels(source if source in KNOWN_SOURCES else "other").inc()
             log.info("unknown carrier status %s kept", applied.unknown_status,
                      extra={"order_id": order_id})
-        self.orders[order_id.encode()] = packing.pack(applied.state.to_dict())
+        self._save_order(order_id, applied.state)
         if change := applied.state.active_parcels - active_before:
             key = str(m.partition).encode()
             self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
@@ -329,7 +329,7 @@ class Pipeline:
             order_id, self._moment(due, allowed), woken, acks), settle=lambda: self._settled(acks))
         for order_id, state in woken.items():
             if state is not None:
-                self.orders[order_id.encode()] = packing.pack(state.to_dict())
+                self._save_order(order_id, state)
             elif order_id.encode() in self.orders:
                 del self.orders[order_id.encode()]
         await self._forward_tick(partition, allowed)
@@ -410,6 +410,9 @@ class Pipeline:
     def order_state(self, order_id: str) -> order.OrderState | None:
         saved = self.orders.get(order_id.encode())
         return order.OrderState.from_dict(packing.unpack(saved)) if saved else None
+
+    def _save_order(self, order_id: str, state: order.OrderState) -> None:
+        self.orders[order_id.encode()] = packing.pack(state.to_dict())
 
     def _advance_clock(self, clock: Clock, marks: faust.Table, partition: int,
                        when: datetime | None) -> datetime:
@@ -576,7 +579,7 @@ class Pipeline:
             raise BadInput("wrong_key", "record key differs from data.customer_id")
         state = self._customer(data["customer_id"]) or customer.CustomerState(data["customer_id"])
         customer.engaged(state, envelope.type, data, envelope.time or _wall_now(), self.rules)
-        self.customers[m.key] = packing.pack(state.to_dict())
+        self._save_customer(m.key, state)
         await self._count(m.partition, envelope.type, data)
 
     def _on_inbox_message(self, m: Any) -> None:
@@ -636,7 +639,7 @@ class Pipeline:
         """Carry out the actions, then write the state that remembers them."""
         await asyncio.gather(*(self._carry_out(a) for a in actions))
         self._still_ours()
-        self.customers[state.customer_id.encode()] = packing.pack(state.to_dict())
+        self._save_customer(state.customer_id.encode(), state)
 
     def _plan_release(self, partition: int, state: customer.CustomerState) -> None:
         self.customer_wakeups.set(partition, state.customer_id, state.next_release)
@@ -700,6 +703,9 @@ class Pipeline:
         saved = self.customers.get(customer_id.encode())
         return customer.CustomerState.from_dict(packing.unpack(saved)) if saved else None
 
+    def _save_customer(self, key: bytes, state: customer.CustomerState) -> None:
+        self.customers[key] = packing.pack(state.to_dict())
+
     async def _on_preferences(self, m: Any) -> None:
         customer_id = m.key.decode("utf-8", "replace") if m.key else ""
         if m.value is None:  # tombstone: the customer asked to be forgotten
@@ -709,14 +715,14 @@ class Pipeline:
             state = self._customer(customer_id) or customer.CustomerState(customer_id)
             erased_at = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else _wall_now()
             await asyncio.gather(*(self._carry_out(a) for a in customer.erase(state, erased_at)))
-            self.customers[m.key] = packing.pack(state.to_dict())
+            self._save_customer(m.key, state)
             return
         envelope = codec.decode(m.key, m.value, m.headers, accepted_types=PREFERENCE_TYPES,
                                 max_bytes=self.settings.max_event_bytes)
         metrics.events_consumed.labels(m.topic, envelope.type).inc()
         state = self._customer(customer_id) or customer.CustomerState(customer_id)
         customer.update_preferences(state, envelope.data, envelope.time or _wall_now())
-        self.customers[m.key] = packing.pack(state.to_dict())
+        self._save_customer(m.key, state)
 
     async def _suppress(self, intent: Intent, reason: str) -> None:
         metrics.suppressed.labels(intent.kind, reason).inc()

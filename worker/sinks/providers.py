@@ -128,21 +128,24 @@ def mail_events_app(settings: Settings, accepted: list[dict[str, Any]]) -> web.A
     return app
 
 
+CALLBACKS = web.AppKey("callbacks", aiohttp.ClientSession)
+
+
 def sms_app(settings: Settings, record: Record, faults: Faults) -> web.Application:
     expected = "Basic " + base64.b64encode(
         f"{settings.sms_account_sid}:{settings.sms_auth_token}".encode()).decode()
 
     taken: list[dict[str, Any]] = []  # what this sink accepted, for the list endpoint
     callbacks: set[asyncio.Task[None]] = set()
-    # One session for every callback: a session each cost a new connection each, and a
-    # fifth of the sinks' CPU.
-    http: list[aiohttp.ClientSession] = []
 
-    async def close_callbacks(app: web.Application) -> None:
-        for task in callbacks:
-            task.cancel()
-        for session in http:
-            await session.close()
+    async def callback_session(app: web.Application) -> Any:
+        # One session for every callback: a session each cost a new connection each, and a
+        # fifth of the sinks' CPU.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            app[CALLBACKS] = session
+            yield
+            for task in callbacks:
+                task.cancel()
 
     async def listing(request: web.Request) -> web.Response:
         """``GET …/Messages.json?To=…&DateSent>=…``: the messages taken, newest first."""
@@ -173,10 +176,8 @@ def sms_app(settings: Settings, record: Record, faults: Faults) -> web.Applicati
         if form.get("StatusCallback"):
             # Like Twilio, tell the sender's callback what became of the message, signed.
             outcome = "undelivered" if to.endswith("9999") else "delivered"
-            if not http:
-                http.append(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)))
             callbacks.add(asyncio.create_task(_status_callback(
-                http[0], settings, str(form["StatusCallback"]), sid, to, outcome)))
+                request.app[CALLBACKS], settings, str(form["StatusCallback"]), sid, to, outcome)))
             callbacks_done = [t for t in callbacks if t.done()]
             callbacks.difference_update(callbacks_done)
         return web.json_response({"sid": sid, "status": "queued", "to": to, "from": form.get("From"),
@@ -185,7 +186,7 @@ def sms_app(settings: Settings, record: Record, faults: Faults) -> web.Applicati
     app = web.Application()
     app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", messages)
     app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", listing)
-    app.on_cleanup.append(close_callbacks)
+    app.cleanup_ctx.append(callback_session)
     return app
 
 
