@@ -16,8 +16,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from worker import codec, topics
+from worker import codec, runtime, topics
 from worker.broker import EmbeddedBroker, free_port
 from worker.figures import write_block
 from worker.render import for_channel, render
@@ -78,8 +76,7 @@ def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: fl
         env["NOTIFIER_PUBLIC_URL"] = f"http://127.0.0.1:{env['NOTIFIER_SINKS_WEB_PORT']}"
         bench = load(env)
         asyncio.run(topics.ensure(bench))
-        children = [subprocess.Popen([sys.executable, "-m", "worker", name], env=env, cwd=workdir,
-                                     stdout=(workdir / f"{name}.log").open("wb"), stderr=subprocess.STDOUT)
+        children = [runtime.spawn(name, workdir / f"{name}.log", env=env, cwd=workdir)
                     for name in ("sinks", "senders")]
         try:
             time.sleep(3)

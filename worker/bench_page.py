@@ -15,7 +15,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 import orjson
 
-from worker import simulate, topics
+from worker import runtime, simulate, topics
 from worker.bench import broker_for, machine
 from worker.broker import free_port
 from worker.figures import write_block
@@ -50,11 +49,10 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
             ports, groups = {}, {}
             for cache in ("0", str(settings.page_cache_size)):
                 ports[cache], groups[cache] = free_port(), f"bench-page-{cache}-{int(time.time())}"
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "worker", "worker"], cwd=workdir,
+                workers.append(runtime.spawn(
+                    "worker", workdir / f"worker-{cache}.log", cwd=workdir,
                     env={**env, "NOTIFIER_APP_ID": groups[cache], "NOTIFIER_WEB_PORT": str(ports[cache]),
-                         "NOTIFIER_PAGE_CACHE_SIZE": cache, "NOTIFIER_DATA_DIR": str(workdir / cache)},
-                    stdout=(workdir / f"worker-{cache}.log").open("wb"), stderr=subprocess.STDOUT))
+                         "NOTIFIER_PAGE_CACHE_SIZE": cache, "NOTIFIER_DATA_DIR": str(workdir / cache)}))
             records = list(simulate.stories(bench, count=orders, seed=2026, days=3,
                                             start=datetime.now(UTC) - timedelta(days=4)))
             emails = {r.key: r.data["customer"]["email"] for r in records

@@ -26,7 +26,6 @@ import itertools
 import math
 import re
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
-from worker import packing, simulate, topics
+from worker import packing, runtime, simulate, topics
 from worker.bench import broker_for, machine
 from worker.broker import free_port
 from worker.figures import write_block
@@ -148,11 +147,10 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], workdir: Path, app_id: str, **settings: str) -> None:
         self.port, self.data = free_port(), workdir / app_id
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker"], cwd=workdir,
+        self.process = runtime.spawn(
+            "worker", workdir / f"{app_id}.log", cwd=workdir,
             env={**env, "NOTIFIER_APP_ID": app_id, "NOTIFIER_WEB_PORT": str(self.port),
-                 "NOTIFIER_DATA_DIR": str(self.data), **settings},
-            stdout=(workdir / f"{app_id}.log").open("wb"), stderr=subprocess.STDOUT)
+                 "NOTIFIER_DATA_DIR": str(self.data), **settings})
 
     def ready(self, timeout: float = 900) -> float:
         """Wait for ``/readyz``; the moment it answered."""

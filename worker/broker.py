@@ -126,9 +126,9 @@ class EmbeddedBroker:
             )
             if formatted.returncode != 0:
                 raise BrokerError(f"formatting {data} failed: {formatted.stderr.strip()[-500:]}")
-        out = (self.workdir / "broker.out").open("ab")
-        self.process = subprocess.Popen([*jvm, "kafka.Kafka", str(properties)],
-                                        stdout=out, stderr=subprocess.STDOUT)
+        with (self.workdir / "broker.out").open("ab") as out:  # the child keeps its own copy
+            self.process = subprocess.Popen([*jvm, "kafka.Kafka", str(properties)],
+                                            stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not port_open(self.port):
             if self.process.poll() is not None:

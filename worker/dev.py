@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from worker import simulate, topics
+from worker import runtime, simulate, topics
 from worker.broker import BrokerError, EmbeddedBroker, port_open
 from worker.settings import Settings
 
@@ -53,9 +52,7 @@ def run(settings: Settings, *, orders: int, rate: float) -> int:
     try:
         asyncio.run(topics.ensure(settings))
         for command in ("sinks", "worker", "senders"):
-            log_file = (DEV_DIR / "logs" / f"{command}.log").open("wb")
-            children.append(subprocess.Popen([sys.executable, "-m", "worker", command], env=env,
-                                             stdout=log_file, stderr=subprocess.STDOUT))
+            children.append(runtime.spawn(command, DEV_DIR / "logs" / f"{command}.log", env=env))
         say(f"sinks inbox:  http://127.0.0.1:{settings.sinks_web_port}/  "
             f"(outbox file {settings.outbox})")
         say(f"tracking:     {settings.public_url.rstrip('/')}/track (every message links to its order's "

@@ -3,7 +3,7 @@ preset dictionary of typical states.
 
 The tables are most of a worker's memory. A held order's state is about 2.6 KB of JSON;
 deflated on its own, 1.1 KB; against the dictionary, 0.6 KB (the keys, the shops, carriers
-and statuses every state repeats are in it). It costs about 45 µs to pack and 15 µs to
+and statuses every state repeats are in it). It costs about 25 µs to pack and 15 µs to
 unpack a state.
 """
 
@@ -22,8 +22,14 @@ DICTIONARY = Path(__file__).with_name("state_sample.jsonl").read_bytes()[-32768:
 LEVEL = 1  # the fastest: the higher levels gain a few per cent for twice the time
 
 
+# Primed once: loading the dictionary is most of what a fresh (de)compressor costs (about
+# 40 µs of a 65 µs pack); a copy of a primed one costs its memory only, for the same bytes.
+_PACKER = zlib.compressobj(LEVEL, zdict=DICTIONARY)
+_UNPACKER = zlib.decompressobj(zdict=DICTIONARY)
+
+
 def deflate(raw: bytes) -> bytes:
-    packer = zlib.compressobj(LEVEL, zdict=DICTIONARY)
+    packer = _PACKER.copy()
     return packer.compress(raw) + packer.flush()
 
 
@@ -31,7 +37,7 @@ def inflate(saved: bytes) -> bytes:
     """The JSON of a saved state; one saved before states were deflated is JSON already."""
     if saved[:1] == b"{":
         return saved
-    unpacker = zlib.decompressobj(zdict=DICTIONARY)
+    unpacker = _UNPACKER.copy()
     return unpacker.decompress(saved) + unpacker.flush()
 
 

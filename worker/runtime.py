@@ -1,8 +1,13 @@
-"""How the worker, the senders and the sinks treat Python's garbage collector once started."""
+"""How the product's processes start, and how they treat Python's garbage collector once
+started."""
 
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of young objects (Python: 700)
 
@@ -15,3 +20,11 @@ def settle() -> None:
     are collected less often. (The senders spent a third of their CPU in the collector.)"""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def spawn(command: str, log: Path, *, append: bool = False, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``notifier <command>`` as a child process, its output into ``log``. The child
+    has the file; this process closes its own copy at once."""
+    with log.open("ab" if append else "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "worker", command], stdout=out,
+                                stderr=subprocess.STDOUT, **popen)

@@ -21,7 +21,6 @@ import itertools
 import re
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from worker import simulate, topics
+from worker import runtime, simulate, topics
 from worker.bench import broker_for, local_providers, machine
 from worker.bench_worker import START, WorkerProcess
 from worker.figures import write_block
@@ -93,8 +92,7 @@ def run(settings: Settings, minutes: float, rate: float, days: float, every: flo
             total))
         print(f"{len(records):,} events ({orders:,} orders over {days:g} event days) at "
               f"{rate:g}/s for {minutes:g} min", flush=True)
-        children = [subprocess.Popen([sys.executable, "-m", "worker", name], env=env, cwd=workdir,
-                                     stdout=(workdir / f"{name}.log").open("wb"), stderr=subprocess.STDOUT)
+        children = [runtime.spawn(name, workdir / f"{name}.log", env=env, cwd=workdir)
                     for name in ("sinks", "senders")]
         worker = WorkerProcess(env, workdir, app_id)
         try:

@@ -665,7 +665,7 @@ class Pipeline:
             if intent.priority == "marketing":
                 facts["unsubscribe_url"] = f"{public}/u/{token}"
         locale = catalog_locale(route.locale, self.rules.fallback_locale)
-        content = render(intent.kind, locale, route.timezone, facts)
+        content = render(intent.kind, locale, route.timezone, facts, whole=route.channel == "email")
         command = {
             "notification_id": route.notification_id,
             "kind": intent.kind,

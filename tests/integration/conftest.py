@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from worker import runtime
 from worker.broker import EmbeddedBroker, free_port, port_open
 from worker.settings import PROJECT_ROOT
 from worker.sinks import read_outbox
@@ -69,10 +69,8 @@ class Stack:
     def start(self, command: str, name: str = "", **env: str) -> subprocess.Popen[bytes]:
         """Start ``notifier <command>``; ``name`` tells a second process of one command apart."""
         name = name or command
-        log = (self.workdir / f"{name}.log").open("ab")
-        process = subprocess.Popen([sys.executable, "-m", "worker", command],
-                                   env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=self.workdir)
+        process = runtime.spawn(command, self.workdir / f"{name}.log", append=True,
+                                env={**self.env, **env}, cwd=self.workdir)
         self.processes[name] = process
         return process
 

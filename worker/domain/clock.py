@@ -8,10 +8,12 @@ clock survives restarts and rebalances.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 
+@functools.lru_cache(maxsize=1 << 16)  # an order's few times come back on every decision
 def stamp(value: str | datetime) -> str:
     """One comparable text form for every stored time: UTC, whole seconds."""
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)

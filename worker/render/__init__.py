@@ -27,6 +27,8 @@ from worker.domain.sms import segments
 HERE = Path(__file__).resolve().parent
 CATALOGS = ("en", "zh_CN", "zh_TW")
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")
+# Kinds with a template of their own; the others share _notice.j2 (pages and partials aside).
+_OWN_TEMPLATE = frozenset(p.stem for p in (HERE / "templates").glob("[a-z]*.j2") if p.stem.isidentifier())
 CARRIER_NAMES = {
     "sf-express": {"en": "SF Express", "zh_CN": "顺丰速运", "zh_TW": "順豐速運"},
     "zto": {"en": "ZTO Express", "zh_CN": "中通快递", "zh_TW": "中通快遞"},
@@ -61,16 +63,23 @@ class Content:
         return {"subject": self.subject, "text": self.text, "html": self.html}
 
 
-def render(kind: str, locale: str, timezone: str, facts: dict[str, Any]) -> Content:
-    """Render one notification in the catalog ``locale`` (see :func:`catalog_locale`)."""
-    plain, html = _environment(locale, timezone, False), _environment(locale, timezone, True)
+def render(kind: str, locale: str, timezone: str, facts: dict[str, Any], *,
+           whole: bool = True) -> Content:
+    """Render one notification in the catalog ``locale`` (see :func:`catalog_locale`).
+    ``whole=False`` renders the subject and the short line only: all that the channels but
+    email carry (:func:`for_channel`), and the HTML page is most of a render's cost."""
+    plain = _environment(locale, timezone, False)
     facts = {"variant": None, **facts, "kind": kind}
-    name = f"{kind}.j2" if (HERE / "templates" / f"{kind}.j2").is_file() else "_notice.j2"
+    name = f"{kind}.j2" if kind in _OWN_TEMPLATE else "_notice.j2"
     subject = _block(plain, name, "subject", facts)
+    short = _one_line(_block(plain, name, "short", facts))
+    if not whole:
+        return Content(subject=subject, text="", html="", short=short)
+    html = _environment(locale, timezone, True)
     body = Markup(_block(html, name, "body", facts))  # already escaped
     page = html.get_template("_layout.html.j2").render(facts, body=body, subject=subject)
     return Content(subject=subject, text=_block(plain, name, "text", facts) + "\n", html=page,
-                   short=_one_line(_block(plain, name, "short", facts)))
+                   short=short)
 
 
 def page(template: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
