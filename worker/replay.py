@@ -8,6 +8,7 @@ stream, to score predictions and to compare runs against.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,13 +66,12 @@ class Replay:
         return self.outcome
 
     def until(self, now: datetime) -> None:
-        queue = self.wakeups.due(0, now)
+        queue = self.wakeups.due(0, now)  # oldest first: a heap already
         while queue:
-            queue.sort()
-            due, order_id = queue.pop(0)
+            due, order_id = heapq.heappop(queue)
             upcoming = self._wake(order_id, due)
             if upcoming is not None and upcoming <= now:
-                queue.append((upcoming, order_id))
+                heapq.heappush(queue, (upcoming, order_id))
             else:
                 self.wakeups.set(0, order_id, upcoming)
 
