@@ -262,7 +262,7 @@ def _copies(tables: dict[str, dict[bytes, bytes]], count: int,
             return CUSTOMER_ID.sub(lambda m: m.group(0) + tag, raw)
 
         def state(saved: bytes) -> bytes:  # renamed inside, kept as the worker keeps it
-            return packing.deflate(renamed(packing.inflate(saved)))
+            return packing.renamed(saved, renamed)
 
         for key, value in orders[:count - made]:
             key = renamed(key)

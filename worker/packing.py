@@ -1,15 +1,22 @@
-"""How order and customer states are kept in their tables: orjson, deflated against a
-preset dictionary of typical states.
+"""How order and customer states are kept in their tables: when each is next due, then its
+JSON deflated against a preset dictionary of typical states.
 
 The tables are most of a worker's memory. A held order's state is about 2.6 KB of JSON;
 deflated on its own, 1.1 KB; against the dictionary, 0.6 KB (the keys, the shops, carriers
 and statuses every state repeats are in it). It costs about 25 µs to pack and 15 µs to
-unpack a state.
+unpack a state. The due time stands in front, in the clear: the index of wake-ups is built
+from every state a worker holds whenever partitions move, and reading nine bytes is some
+twenty times cheaper than inflating a state.
+
+Three forms are read: ``DUE_FIRST`` + due + deflated JSON (written now), deflated JSON
+alone, and plain JSON (both written by earlier versions).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +27,32 @@ import orjson
 # this one and an unpack that picks by that id.
 DICTIONARY = Path(__file__).with_name("state_sample.jsonl").read_bytes()[-32768:]
 LEVEL = 1  # the fastest: the higher levels gain a few per cent for twice the time
-
+DUE_FIRST = b"\x01"  # then the due time: epoch second, 8 bytes big-endian, 0 for never
+_HEAD = len(DUE_FIRST) + 8
 
 # Primed once: loading the dictionary is most of what a fresh (de)compressor costs (about
 # 40 µs of a 65 µs pack); a copy of a primed one costs its memory only, for the same bytes.
 _PACKER = zlib.compressobj(LEVEL, zdict=DICTIONARY)
 _UNPACKER = zlib.decompressobj(zdict=DICTIONARY)
+
+
+def pack(state: dict[str, Any], due: str | None) -> bytes:
+    """``state`` as a table keeps it, with when it is next due (a stamp, or None: never)."""
+    second = int(datetime.fromisoformat(due).timestamp()) if due else 0
+    return DUE_FIRST + second.to_bytes(8, "big") + deflate(orjson.dumps(state))
+
+
+def unpack(saved: bytes) -> dict[str, Any]:
+    return orjson.loads(inflate(saved))
+
+
+def due(saved: bytes, read: Callable[[dict[str, Any]], str | None]) -> datetime | str | None:
+    """When a saved state is next due, without inflating it; ``read`` finds it in a state
+    saved before the due time stood in front."""
+    if saved[:1] != DUE_FIRST:
+        return read(unpack(saved))
+    second = int.from_bytes(saved[1:_HEAD], "big")
+    return datetime.fromtimestamp(second, UTC) if second else None
 
 
 def deflate(raw: bytes) -> bytes:
@@ -34,16 +61,17 @@ def deflate(raw: bytes) -> bytes:
 
 
 def inflate(saved: bytes) -> bytes:
-    """The JSON of a saved state; one saved before states were deflated is JSON already."""
+    """The JSON of a saved state, whichever of the three forms it is in."""
     if saved[:1] == b"{":
         return saved
     unpacker = _UNPACKER.copy()
-    return unpacker.decompress(saved) + unpacker.flush()
+    body = saved[_HEAD:] if saved[:1] == DUE_FIRST else saved
+    return unpacker.decompress(body) + unpacker.flush()
 
 
-def pack(state: dict[str, Any]) -> bytes:
-    return deflate(orjson.dumps(state))
-
-
-def unpack(saved: bytes) -> dict[str, Any]:
-    return orjson.loads(inflate(saved))
+def renamed(saved: bytes, rename: Callable[[bytes], bytes]) -> bytes:
+    """A saved state with its JSON changed by ``rename``, in the form it was in."""
+    json = rename(inflate(saved))
+    if saved[:1] == DUE_FIRST:
+        return saved[:_HEAD] + deflate(json)
+    return json if saved[:1] == b"{" else deflate(json)

@@ -166,6 +166,8 @@ class Pipeline:
         app.page("/healthz")(self._healthz)
         app.page("/readyz")(self._readyz)
         app.timer(1.0)(self._watch_readiness)
+        skipped = faust_fixes.SkippedWatch(compacted=frozenset({t.preferences}))
+        app.timer(1.0, name="skipped_watch")(lambda: skipped.look(app))
         app.on_partitions_revoked.connect(self._forget_progress)
         TrackingSite(self).register(app)
         self.recovering_since: float | None = None
@@ -395,14 +397,14 @@ class Pipeline:
                 self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) - parcels).encode()
         return datetime.fromisoformat(decisions.next_wake) if decisions.next_wake else None
 
-    def _held(self, table: faust.Table, topic: str,
-              due_of: Callable[[dict[str, Any]], str | None]) -> Iterator[tuple[int, str, str | None]]:
+    def _held(self, table: faust.Table, topic: str, due_of: Callable[[dict[str, Any]], str | None],
+              ) -> Iterator[tuple[int, str, datetime | str | None]]:
         """(partition, key, when due) of every key of ``table`` in a partition of ``topic``
         that this worker holds active: what its index of wake-ups is built from."""
         active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
         for key, saved in list(table.data.items()):
             if (partition := self.partition_of(topic, key)) in active:
-                yield partition, key.decode(), due_of(packing.unpack(saved))
+                yield partition, key.decode(), packing.due(saved, due_of)
 
     def lanes_of(self, keys: Any) -> list[dict[str, Any]]:
         return [self.lane_figures[k] for k in keys if k in self.lane_figures]
@@ -412,7 +414,7 @@ class Pipeline:
         return order.OrderState.from_dict(packing.unpack(saved)) if saved else None
 
     def _save_order(self, order_id: str, state: order.OrderState) -> None:
-        self.orders[order_id.encode()] = packing.pack(state.to_dict())
+        self.orders[order_id.encode()] = packing.pack(state.to_dict(), due=state.wake_at)
 
     def _advance_clock(self, clock: Clock, marks: faust.Table, partition: int,
                        when: datetime | None) -> datetime:
@@ -704,7 +706,7 @@ class Pipeline:
         return customer.CustomerState.from_dict(packing.unpack(saved)) if saved else None
 
     def _save_customer(self, key: bytes, state: customer.CustomerState) -> None:
-        self.customers[key] = packing.pack(state.to_dict())
+        self.customers[key] = packing.pack(state.to_dict(), due=state.next_release)
 
     async def _on_preferences(self, m: Any) -> None:
         customer_id = m.key.decode("utf-8", "replace") if m.key else ""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 
-Source = Callable[[], Iterable[tuple[int, str, str | None]]]  # (partition, key, when due)
+Source = Callable[[], Iterable[tuple[int, str, str | datetime | None]]]  # (partition, key, when due)
 
 
 class Wakeups:
