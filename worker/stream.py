@@ -320,10 +320,7 @@ class Pipeline:
             return
         else:
             allowed = min(target, seen)
-        # Decided that far already, unless an order read since is due by then: a fetch can
-        # tell the orders partition read to its end before its last records have come.
-        if (allowed <= self.decided_until.get(partition, allowed - timedelta(seconds=1))
-                and not self.order_wakeups.due(partition, allowed)):
+        if allowed <= self.decided_until.get(partition, allowed - timedelta(seconds=1)):
             return
         woken: dict[str, order.OrderState | None] = {}
         acks: list[Awaitable[Any]] = []
@@ -338,7 +335,7 @@ class Pipeline:
             elif order_id.encode() in self.orders:
                 del self.orders[order_id.encode()]
         await self._forward_tick(partition, allowed)
-        self.decided_until[partition] = max(allowed, self.decided_until.get(partition, allowed))
+        self.decided_until[partition] = allowed
 
     async def _settled(self, acks: list[Awaitable[Any]]) -> None:
         """What a pass published is acknowledged, and the partition still this worker's."""
