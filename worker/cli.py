@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="the stream processor (Faust)")
     commands.add_parser("senders", help="the channel senders")
     commands.add_parser("sinks", help="local stand-ins for the providers (SMTP, HTTP APIs)")
+    pages = commands.add_parser("pages", help="tracking-page servers that follow the worker's "
+                                "tables, several processes on one port")
+    pages.add_argument("--processes", type=int, default=2, help="page server processes")
     broker = commands.add_parser("broker", help="the embedded single-node Apache Kafka broker")
     broker.add_argument("--port", type=int, default=None, help="listener port (default: from "
                         "NOTIFIER_KAFKA_BOOTSTRAP, else 9092)")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(settings.log_level, settings.log_format)
     runner = {
-        "worker": run_worker, "senders": run_senders, "sinks": run_sinks, "broker": run_broker,
+        "worker": run_worker, "senders": run_senders, "sinks": run_sinks, "pages": run_pages, "broker": run_broker,
         "dev": run_dev, "simulate": run_simulate, "bench": run_bench, "soak": run_soak,
     }[args.command]
     try:
@@ -140,6 +143,16 @@ def run_sinks(settings: Settings, args: argparse.Namespace) -> int:
 
     uvloop.run(serve())
     return 0
+
+
+def run_pages(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import page_server
+
+    if args.processes < 1:
+        print("notifier pages: --processes must be 1 or more", file=sys.stderr)
+        return 2
+    asyncio.run(topics.wait_for_broker(settings, what="pages"))
+    return page_server.run(settings, args.processes)
 
 
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:

@@ -68,6 +68,7 @@ class Settings:
     web_port: int = 6066
     senders_web_port: int = 6067
     sinks_web_port: int = 6068
+    pages_web_port: int = 6069  # the page servers' (notifier pages) shared port
     public_url: str = "http://127.0.0.1:6066"  # where customers reach the tracking page
     # Where the other workers reach this one (tracking lookups go to the order's owner);
     # empty: http://127.0.0.1:<web_port>. In Kubernetes, the pod's own address.
@@ -233,7 +234,7 @@ def _check(s: Settings) -> None:
                             "expected 6 to 1800 (the broker's group session limits)")
     if s.tick_seconds < 1:
         raise SettingsError(f"{PREFIX}TICK_SECONDS={s.tick_seconds}: expected 1 or more")
-    for key in ("web_port", "senders_web_port", "sinks_web_port", "smtp_port"):
+    for key in ("web_port", "senders_web_port", "sinks_web_port", "pages_web_port", "smtp_port"):
         port = getattr(s, key)
         if not 0 < port < 65536:
             raise SettingsError(f"{PREFIX}{key.upper()}={port}: expected a port from 1 to 65535")

@@ -596,6 +596,9 @@ class Pipeline:
         saved = self.saved(self.inbox, customer_id)
         return inbox.of_order(orjson.loads(saved) if saved else [], order_id)
 
+    def saved_order(self, order_id: str) -> bytes | None:
+        return self.saved(self.orders, order_id)
+
     @staticmethod
     def saved(table: faust.Table, key: str) -> bytes | None:
         """A table's value, read from outside the stream (the web pages): straight from its

@@ -27,7 +27,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
@@ -42,8 +43,10 @@ from worker import metrics, packing
 from worker.domain import engagement, links, tracking
 from worker.domain.limiter import Buckets
 from worker.domain.order import OrderState
+from worker.domain.rules import Rules
 from worker.domain.sms import twilio_signature
 from worker.render import catalog_locale, page, translate
+from worker.settings import Settings
 
 if TYPE_CHECKING:
     from worker.stream import Pipeline
@@ -74,32 +77,41 @@ MESSAGES = {  # translated in the catalogs like the templates' strings
 }
 
 
-class TrackingSite:
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline, self.settings = pipeline, pipeline.settings
-        self.secret = self.settings.link_secret
-        self.guesses = Buckets(self.settings.lookups_per_minute, self.settings.lookups_per_minute)
-        # Drawn pages and when, by the order's state and the request.
-        self.pages = Recent[tuple[bytes, float]](self.settings.page_cache_size)
-        self.own_url = self.settings.own_url
+class Orders(Protocol):
+    """What a lookup reads: a worker's own tables, or a page server's copy of them."""
 
-    def register(self, app: faust.App) -> None:
-        # The page itself straight on the aiohttp application: Faust's view layer and
-        # sensors cost a tenth of every lookup.
-        app.web.web_app.router.add_get("/track", self.track)
-        for path, get, post in (
-            ("/c/{token}", self.click, None),
-            ("/o/{token}.gif", self.opened, None),
-            ("/u/{token}", self.unsubscribe, self.unsubscribe),
-            ("/callbacks/sms", None, self.sms_status),
-            ("/callbacks/wechat", self.wechat_check, self.wechat_event),
-            ("/callbacks/email", None, self.email_bounce),
-            ("/stats", self.stats, None),
-            ("/internal/inbox", self.internal_inbox, None),
-        ):
-            app.page(path)(_view(path, get, post))
+    rules: Rules
 
-    # -- the page ---------------------------------------------------------------------
+    def saved_order(self, order_id: str) -> bytes | None: ...
+
+    def now_for(self, order_id: str) -> datetime: ...
+
+    def lanes_of(self, keys: Any) -> list[dict[str, Any]]: ...
+
+    def inbox_of(self, customer_id: str, order_id: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Drawn:
+    """A page as it was drawn, and what it was drawn from."""
+
+    saved: bytes  # the order's state
+    customer_id: str
+    messages: bytes  # the order's in-app messages
+    body: bytes
+    at: float  # the order's clock, in seconds
+
+
+class LookupPage:
+    """``/track``: the form, a lookup by order number and email or phone digits, a signed
+    link. Answers from ``orders``; a worker overrides where an order or an inbox lives."""
+
+    def __init__(self, settings: Settings, orders: Orders) -> None:
+        self.settings, self.orders = settings, orders
+        self.secret = settings.link_secret
+        self.guesses = Buckets(settings.lookups_per_minute, settings.lookups_per_minute)
+        # Drawn pages, by the order and the request.
+        self.pages = Recent[Drawn](settings.page_cache_size)
 
     async def track(self, request: web.Request) -> web.Response:
         q = request.query
@@ -127,29 +139,38 @@ class TrackingSite:
         order_id = link.order_id if link else q["order"].strip()
         if not routed and (owner := self._owner(order_id)) is not None:
             return await self._forward(owner, request)
-        saved = self.pipeline.saved(self.pipeline.orders, order_id)
+        saved = self.orders.saved_order(order_id)
+        # The page of an order changes with its state, its messages and the time (the
+        # expected window never starts in the past, lanes learn): customers refreshing it get
+        # it from memory for a minute after it was drawn, each page on its own minute, so
+        # pages are drawn again a few at a time rather than all at once. A page drawn for
+        # this very request and state was drawn for a verified pair.
+        key = (order_id, request.query_string, request.headers.get("accept-language", ""))
+        drawn = self.pages.get(key)
+        if saved is not None and drawn is not None and drawn.saved == saved:
+            messages = await self._inbox(drawn.customer_id, order_id)
+            if messages == drawn.messages and (
+                    self.orders.now_for(order_id).timestamp() - drawn.at < PAGE_FRESH_SECONDS):
+                return self._found(client, drawn.body)
         state = OrderState.from_dict(packing.unpack(saved)) if saved else None
         if state is None or state.order is None or (link is None and not tracking.verified(
                 state, q.get("email", ""), q.get("phone4", ""))):
             return self._not_found(request)
+        now = self.orders.now_for(order_id)
+        customer_id = str((state.order.get("customer") or {}).get("id", ""))
+        messages = await self._inbox(customer_id, order_id)
+        view = tracking.view(state, now, self.orders.rules, self.orders.lanes_of)
+        html = self._html(_locale(q.get("lang") or view["locale"], request), view=view,
+                          timezone=view["timezone"], query=q, inbox=orjson.loads(messages))
+        drawn = Drawn(saved, customer_id, messages, html.encode(), now.timestamp())
+        self.pages.put(key, drawn)
+        return self._found(client, drawn.body)
+
+    def _found(self, client: str, body: bytes) -> web.Response:
         # A lookup that found its order costs the client nothing.
         self.guesses.refund(client)
         FOUND.inc()
-        now = self.pipeline.now_for(order_id)
-        messages = await self._inbox(str((state.order.get("customer") or {}).get("id", "")), order_id)
-        # The page of an order changes with its state, its messages and the time (the
-        # expected window never starts in the past, lanes learn): customers refreshing it get
-        # it from memory for a minute after it was drawn, each page on its own minute, so
-        # pages are drawn again a few at a time rather than all at once.
-        key = (saved, messages, request.query_string, request.headers.get("accept-language", ""))
-        cached = self.pages.get(key)
-        if cached is None or now.timestamp() - cached[1] >= PAGE_FRESH_SECONDS:
-            view = tracking.view(state, now, self.pipeline.rules, self.pipeline.lanes_of)
-            html = self._html(_locale(q.get("lang") or view["locale"], request), view=view,
-                              timezone=view["timezone"], query=q, inbox=orjson.loads(messages))
-            cached = (html.encode(), now.timestamp())
-            self.pages.put(key, cached)
-        return web.Response(body=cached[0], headers=HTML_HEADERS)
+        return web.Response(body=body, headers=HTML_HEADERS)
 
     def _not_found(self, request: web.Request) -> web.Response:
         metrics.lookups.labels("not_found").inc()
@@ -170,6 +191,42 @@ class TrackingSite:
             "languages": LANGUAGES, "switch": switch, "inbox": inbox or []})
 
     def _owner(self, key: str, table: str = "orders") -> str | None:
+        """The URL of the process that holds the key of ``table``; None when it is this one."""
+        return None
+
+    async def _inbox(self, customer_id: str, order_id: str) -> bytes:
+        """The order's in-app messages (a JSON list)."""
+        return orjson.dumps(self.orders.inbox_of(customer_id, order_id))
+
+    async def _forward(self, owner: str, request: web.Request) -> web.Response:
+        raise NotImplementedError("only a worker forwards lookups")
+
+
+class TrackingSite(LookupPage):
+    """The worker's site: the page, answered by the order's owner, and everything else."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__(pipeline.settings, pipeline)
+        self.pipeline = pipeline
+        self.own_url = self.settings.own_url
+
+    def register(self, app: faust.App) -> None:
+        # The page itself straight on the aiohttp application: Faust's view layer and
+        # sensors cost a tenth of every lookup.
+        app.web.web_app.router.add_get("/track", self.track)
+        for path, get, post in (
+            ("/c/{token}", self.click, None),
+            ("/o/{token}.gif", self.opened, None),
+            ("/u/{token}", self.unsubscribe, self.unsubscribe),
+            ("/callbacks/sms", None, self.sms_status),
+            ("/callbacks/wechat", self.wechat_check, self.wechat_event),
+            ("/callbacks/email", None, self.email_bounce),
+            ("/stats", self.stats, None),
+            ("/internal/inbox", self.internal_inbox, None),
+        ):
+            app.page(path)(_view(path, get, post))
+
+    def _owner(self, key: str, table: str = "orders") -> str | None:
         """The URL of the worker that owns the key's partition of ``table``; None when it is
         this one. Faust's router would answer the same (``router.key_store``) at several
         times the cost: it hashes the key again and builds a URL object every time."""
@@ -182,11 +239,10 @@ class TrackingSite:
         return None if url == self.own_url else url
 
     async def _inbox(self, customer_id: str, order_id: str) -> bytes:
-        """The order's in-app messages (a JSON list), from the worker that holds the
-        customer's inbox."""
+        """The order's in-app messages, from the worker that holds the customer's inbox."""
         owner = self._owner(customer_id, "inbox")
         if owner is None:
-            return orjson.dumps(self.pipeline.inbox_of(customer_id, order_id))
+            return await super()._inbox(customer_id, order_id)
         path = "/internal/inbox?" + urlencode({"customer": customer_id, "order": order_id})
         try:
             async with self._get(owner + path, {ROUTED: links.request_mac(path, self.secret)}) as answer:

@@ -3,7 +3,9 @@
 One split order is produced; the page is looked up on both workers (one of them does not
 own the order and forwards the request), opened from the notification's signed link, and
 probed with wrong, forged, expired and brute-forced lookups. Then 1,000 clicks become
-1,000 engagement events and the right figures at ``/stats``.
+1,000 engagement events and the right figures at ``/stats``. Two page server processes
+(``notifier pages``) answer the same lookups on a port of their own, from the workers'
+changelogs.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Site:
     def __init__(self, stack: Stack, second_port: int) -> None:
         self.stack, self.settings = stack, settings_module.load(stack.env)
         self.ports = (stack.web_port, second_port)
+        self.pages_port = int(stack.env["NOTIFIER_PAGES_WEB_PORT"])
 
     def get(self, path: str, port: int | None = None) -> tuple[int, str]:
         url = f"http://127.0.0.1:{port or self.ports[0]}{path}"
@@ -104,6 +107,7 @@ def site(kafka, tmp_path_factory) -> Iterator[Site]:
     stack = Stack(kafka, workdir)
     stack.without_quiet_hours()
     second_port = free_port()
+    stack.env["NOTIFIER_PAGES_WEB_PORT"] = str(free_port())
     stack.start("sinks")
     stack.start("worker")
     stack.start("worker", name="worker-b", NOTIFIER_WEB_PORT=str(second_port),
@@ -135,6 +139,7 @@ def site(kafka, tmp_path_factory) -> Iterator[Site]:
         assert wait_for(lambda: (lambda html: 'id="inbox-title"' in html and sections(html) == {
             f"{ORDER}-1": "out_for_delivery", f"{ORDER}-2": "in_transit"})(
             s.get(f"/track?order={ORDER}&email={EMAIL}")[1]), timeout=60)
+        stack.start("pages")
         yield s
     finally:
         stack.stop()
@@ -397,3 +402,51 @@ def test_wechat_receipts_and_email_bounces_count_and_unsigned_ones_are_refused(s
     assert (got["ntf-wx-receipt"]["type"], got["ntf-wx-receipt"]["provider_status"]) == (
         "notification.bounced", "failed:user block")
     assert (got["ntf-mail-bounce"]["type"], got["ntf-mail-bounce"]["bounce_type"]) == ("notification.bounced", "hard")
+
+
+def test_page_servers_answer_lookups_from_the_changelogs_on_every_process(site):
+    """Two ``notifier pages`` processes on one port: the same page as the workers', the
+    same refusals, guesses limited across both, and a new scan shown without a worker."""
+    def pids() -> set[int]:
+        seen = set()
+        for _ in range(40):  # a connection each: the kernel spreads them over the processes
+            seen.add(orjson.loads(site.get("/healthz", site.pages_port)[1])["pid"])
+        return seen
+
+    assert wait_for(lambda: _answers(site) and len(pids()) == 2, timeout=60), \
+        site.stack.log("pages")[-2000:]
+    owner, _ = site.owner_and_other()
+    status, html = site.get(f"/track?order={ORDER}&email={EMAIL.upper()}", site.pages_port)
+    assert status == 200
+    assert sections(html) == sections(site.get(f"/track?order={ORDER}&email={EMAIL}", owner)[1])
+    assert "星河小铺" in html and "SF1000000002" in html
+    assert "Parcel 1 of 2 arrives today." in html.split('id="inbox-title"')[-1]  # the inbox too
+    link_path, _ = confirmation_link(site)
+    token = link_path.rpartition("/")[2]
+    assert sections(site.get(f"/track?t={token}", site.pages_port)[1])[f"{ORDER}-1"] == "out_for_delivery"
+
+    wrong = site.get(f"/track?order={ORDER}&email=someone@example.cn", site.pages_port)
+    unknown = site.get(f"/track?order=SO-NOT-THERE&email={EMAIL}", site.pages_port)
+    assert wrong == unknown and wrong[0] == 404 and "SF1000000001" not in wrong[1]
+
+    # A later scan: the page servers show it, read from the orders' changelog.
+    value, headers = codec.encode(event_type="tracking.updated", event_id="tracking.updated-pages",
+                                  source="urn:test", time=NOW, data={
+        "order_id": ORDER, "shipment_id": f"{ORDER}-2", "carrier": "sf-express",
+        "tracking_number": "SF1000000002", "checkpoint": {
+            "status": "IN_TRANSIT", "occurred_at": at(-1), "location": {"country": "CN", "city": "Suzhou"}}})
+    asyncio.run(produce(site.settings.kafka_bootstrap,
+                        [(site.settings.topics.tracking, ORDER.encode(), value, headers)]))
+    assert wait_for(lambda: all("Suzhou" in site.get(f"/track?order={ORDER}&email={EMAIL}&lang=en",
+                                                     site.pages_port)[1] for _ in range(6)), timeout=30)
+
+    # NOTIFIER_LOOKUPS_PER_MINUTE (10) is shared out: 5 guesses a process, 10 in all.
+    answers = Counter(site.get(f"/track?order={ORDER}&phone4={n:04d}", site.pages_port)[0] for n in range(30))
+    assert answers[404] <= 10 and answers[429] >= 20 and answers[200] == 0, answers
+
+
+def _answers(site: Site) -> bool:
+    try:
+        return site.get("/readyz", site.pages_port)[0] == 200
+    except OSError:
+        return False
