@@ -1,11 +1,12 @@
 """``notifier bench page``: the tracking page under 200 concurrent lookups.
 
-Starts the embedded broker (or uses ``NOTIFIER_KAFKA_BOOTSTRAP``) and one worker, writes
-``--orders`` simulated orders with their tracking, waits until the worker has committed
-them, then keeps ``--concurrency`` lookups (order number and email, over keep-alive
-connections) in flight: first each order once (nothing cached), then the same orders over
-and over for ``--seconds`` (customers refreshing: the page of an order that has not changed
-comes from memory). Reports the latency of each lookup (p50, p99) and lookups per second.
+Starts the embedded broker (or uses ``NOTIFIER_KAFKA_BOOTSTRAP``), two workers (one renders
+every page, one keeps the pages of unchanged orders) and beside each two page servers
+(``notifier pages``), writes ``--orders`` simulated orders with their tracking, waits until
+the workers have committed them and the page servers have read them, then keeps
+``--concurrency`` lookups (order number and email, over keep-alive connections) in flight
+against each for ``--seconds``, cycling over the orders from a cold page cache (customers
+refreshing: the page of an order that has not changed comes from memory). Reports the latency of each lookup (p50, p99) and lookups per second.
 The client runs on the same machine and takes its share of the two cores.
 """
 
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -36,7 +38,7 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
     if not shutil.which("wrk"):
         print("notifier bench page needs wrk (Debian package wrk; make bench installs it)")
         return 2
-    workers = []
+    processes = []
     with broker_for(settings, "notifier-bench-page-") as (workdir, env):
         try:
             env.update({"NOTIFIER_LOG_LEVEL": "warning",
@@ -45,13 +47,16 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
             bench = load(env)
             asyncio.run(topics.ensure(bench))
             # Two workers, each in a consumer group of its own (so each reads every order): one
-            # renders every page, the other keeps the rendered pages of unchanged orders.
-            ports, groups = {}, {}
+            # renders every page, the other keeps the rendered pages of unchanged orders. Each
+            # has two page servers (notifier pages) beside it, following its tables, alike.
+            setups = {}  # (who, cache) -> port
+            groups = {}
             for cache in ("0", str(settings.page_cache_size)):
-                ports[cache], groups[cache] = free_port(), f"bench-page-{cache}-{int(time.time())}"
-                workers.append(runtime.spawn(
+                groups[cache] = f"bench-page-{cache}-{int(time.time())}"
+                setups["worker", cache], setups["pages", cache] = free_port(), free_port()
+                processes.append(runtime.spawn(
                     "worker", workdir / f"worker-{cache}.log", cwd=workdir,
-                    env={**env, "NOTIFIER_APP_ID": groups[cache], "NOTIFIER_WEB_PORT": str(ports[cache]),
+                    env={**env, "NOTIFIER_APP_ID": groups[cache], "NOTIFIER_WEB_PORT": str(setups["worker", cache]),
                          "NOTIFIER_PAGE_CACHE_SIZE": cache, "NOTIFIER_DATA_DIR": str(workdir / cache)}))
             records = list(simulate.stories(bench, count=orders, seed=2026, days=3,
                                             start=datetime.now(UTC) - timedelta(days=4)))
@@ -62,30 +67,58 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
             print(f"{len(records):,} events of {orders:,} orders written; waiting for the workers...", flush=True)
             for group in groups.values():
                 asyncio.run(_caught_up(bench, group))
+            for cache, group in groups.items():
+                processes.append(runtime.spawn(
+                    f"pages --processes {PAGE_SERVERS}", workdir / f"pages-{cache}.log", cwd=workdir,
+                    env={**env, "NOTIFIER_APP_ID": group, "NOTIFIER_PAGES_WEB_PORT": str(setups["pages", cache]),
+                         "NOTIFIER_PAGE_CACHE_SIZE": cache}))
+            for cache in groups:
+                _wait_for_page_servers(setups["pages", cache], PAGE_SERVERS)
             figures = {}
-            for cache, port in ports.items():
-                print(f"{concurrency} lookups in flight for {seconds:g} s, page cache {cache}...", flush=True)
-                figures[cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
+            for (who, cache), port in setups.items():
+                print(f"{concurrency} lookups in flight for {seconds:g} s, {who}, page cache {cache}...", flush=True)
+                figures[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
         finally:
-            for worker in workers:
-                worker.terminate()
-                worker.wait(20)
-    rendered, cached = figures["0"], figures[str(settings.page_cache_size)]
-    lines = [
-        f"every page rendered (NOTIFIER_PAGE_CACHE_SIZE=0), {concurrency} lookups in flight: "
-        f"p50 {rendered['p50']:.1f} ms, p99 {rendered['p99']:.1f} ms, {rendered['rate']:,.0f} lookups/s",
-        f"pages of unchanged orders from memory (the default), {concurrency} lookups in flight: "
-        f"p50 {cached['p50']:.1f} ms, p99 {cached['p99']:.1f} ms, {cached['rate']:,.0f} lookups/s",
-        f"{len(paths):,} orders looked up by order number and email, {seconds:g} s each; "
-        f"lookups not answered 200: {rendered['failed'] + cached['failed']} of "
-        f"{rendered['count'] + cached['count']:,}",
-    ]
+            for process in processes:
+                process.terminate()
+                process.wait(20)
+    lines = []
+    for (who, cache), got in figures.items():
+        served = "one worker" if who == "worker" else f"{PAGE_SERVERS} page servers (notifier pages)"
+        what = "every page rendered (NOTIFIER_PAGE_CACHE_SIZE=0)" if cache == "0" else \
+            "pages of unchanged orders from memory (the default)"
+        lines.append(f"{served}, {what}, {concurrency} lookups in flight: p50 {got['p50']:.1f} ms, "
+                     f"p99 {got['p99']:.1f} ms, {got['rate']:,.0f} lookups/s")
+    lines.append(f"{len(paths):,} orders looked up by order number and email, {seconds:g} s each run, "
+                 f"from a cold page cache; lookups not answered 200: "
+                 f"{sum(f['failed'] for f in figures.values())} of {sum(f['count'] for f in figures.values()):,}")
     for line in lines:
         print(line)
     write_block(PROJECT_ROOT / "docs" / "performance.md", "bench:page", "Tracking page",
                 f"`notifier bench page --orders {orders} --concurrency {concurrency} --seconds {seconds:g}` "
                 f"on {machine()}, {datetime.now(UTC):%Y-%m-%d}:", lines)
     return 0
+
+
+PAGE_SERVERS = 2  # one a core
+
+
+def _wait_for_page_servers(port: int, processes: int, timeout: float = 120) -> None:
+    """Until every page server process has caught up and listens: each answers /healthz
+    with its pid, and the kernel spreads new connections over those listening."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = set()
+        for _ in range(10 * processes):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    seen.add(orjson.loads(answer.read())["pid"])
+            except OSError:
+                break
+        if len(seen) == processes:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the page servers on port {port} did not all come up")
 
 
 LOOKUPS_LUA = """

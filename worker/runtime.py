@@ -23,8 +23,9 @@ def settle() -> None:
 
 
 def spawn(command: str, log: Path, *, append: bool = False, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start ``notifier <command>`` as a child process, its output into ``log``. The child
-    has the file; this process closes its own copy at once."""
+    """Start ``notifier <command>`` (with its arguments, space-separated) as a child
+    process, its output into ``log``. The child has the file; this process closes its own
+    copy at once."""
     with log.open("ab" if append else "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "worker", command], stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "worker", *command.split()], stdout=out,
                                 stderr=subprocess.STDOUT, **popen)

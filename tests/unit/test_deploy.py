@@ -106,7 +106,7 @@ def test_kubernetes_manifests_parse_and_have_what_a_cluster_needs():
         assert doc["apiVersion"] and doc["metadata"]["name"]
     for workload in (d for d in docs if d["kind"] in ("StatefulSet", "Deployment")):
         [container] = workload["spec"]["template"]["spec"]["containers"]
-        assert container["args"][0] in ("worker", "senders")
+        assert container["args"][0] in ("worker", "senders", "pages")
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/healthz")
         assert container["resources"]["requests"]
