@@ -320,7 +320,12 @@ class Pipeline:
             return
         else:
             allowed = min(target, seen)
-        if allowed <= self.decided_until.get(partition, allowed - timedelta(seconds=1)):
+        decided = self.decided_until.get(partition)
+        again = decided is not None and allowed <= decided
+        # Decided that far already, unless orders due by then were read since: under the
+        # event clock a pass may have judged the partition read to its end from a fetch
+        # that had not brought its last records yet, and no later tick may come.
+        if again and not (self.settings.event_clock and self.order_wakeups.any_due(partition, allowed)):
             return
         woken: dict[str, order.OrderState | None] = {}
         acks: list[Awaitable[Any]] = []
@@ -334,8 +339,9 @@ class Pipeline:
                 self._save_order(order_id, state)
             elif order_id.encode() in self.orders:
                 del self.orders[order_id.encode()]
-        await self._forward_tick(partition, allowed)
-        self.decided_until[partition] = allowed
+        if not again:  # the customer stage heard of this time already
+            await self._forward_tick(partition, allowed)
+            self.decided_until[partition] = allowed
 
     async def _settled(self, acks: list[Awaitable[Any]]) -> None:
         """What a pass published is acknowledged, and the partition still this worker's."""

@@ -71,6 +71,15 @@ class Wakeups:
             heapq.heappush(queue, entry)
         return due
 
+    def any_due(self, partition: int, now: datetime) -> bool:
+        """Is a key of the partition due at or before ``now``?"""
+        if not self.built:
+            self._build()
+        at, queue = self._at.get(partition, {}), self._queue.get(partition, [])
+        while queue and at.get(queue[0][1]) != queue[0][0]:
+            heapq.heappop(queue)  # passed over: the key is due at another time now, or never
+        return bool(queue) and queue[0][0] <= int(now.timestamp())
+
     async def drain(self, partition: int, now: datetime,
                     visit: Callable[[datetime, str], Awaitable[datetime | None]],
                     settle: Callable[[], Awaitable[Any]] | None = None) -> None:

@@ -109,3 +109,13 @@ def test_keys_said_again_and_again_do_not_grow_the_index_without_bound():
     assert len(wakeups._queue[0]) < 200
     assert [at - T0 for at, _ in wakeups.due(0, T0 + timedelta(days=200))] == [
         timedelta(days=90, minutes=n) for n in range(19_995, 20_000)]
+
+
+def test_any_due_looks_past_entries_whose_keys_moved_on():
+    wakeups = Wakeups()
+    wakeups.set(0, "SO-1", "2026-11-02T02:00:00+00:00")
+    wakeups.set(0, "SO-1", "2026-11-05T02:00:00+00:00")  # moved later: its first entry is stale
+    assert not wakeups.any_due(0, datetime(2026, 11, 3, tzinfo=UTC))
+    assert wakeups.any_due(0, datetime(2026, 11, 5, 2, tzinfo=UTC))
+    wakeups.set(0, "SO-1", None)
+    assert not wakeups.any_due(0, datetime(2026, 12, 1, tzinfo=UTC)) and not wakeups.any_due(1, datetime(2026, 12, 1, tzinfo=UTC))
