@@ -137,8 +137,8 @@ class LookupPage:
                 return self._page(410, _locale(q.get("lang"), request), form={},
                                   message=MESSAGES["expired"])
         order_id = link.order_id if link else q["order"].strip()
-        if not routed and (owner := self._owner(order_id)) is not None:
-            return await self._forward(owner, request)
+        if not routed and (answer := await self._from_owner(order_id, request)) is not None:
+            return answer
         saved = self.orders.saved_order(order_id)
         # The page of an order changes with its state, its messages and the time (the
         # expected window never starts in the past, lanes learn): customers refreshing it get
@@ -190,16 +190,13 @@ class LookupPage:
             "message": translate(locale, message) if message else "",
             "languages": LANGUAGES, "switch": switch, "inbox": inbox or []})
 
-    def _owner(self, key: str, table: str = "orders") -> str | None:
-        """The URL of the process that holds the key of ``table``; None when it is this one."""
+    async def _from_owner(self, order_id: str, request: web.Request) -> web.Response | None:
+        """The answer of the process that holds the order; None when it is this one."""
         return None
 
     async def _inbox(self, customer_id: str, order_id: str) -> bytes:
         """The order's in-app messages (a JSON list)."""
         return orjson.dumps(self.orders.inbox_of(customer_id, order_id))
-
-    async def _forward(self, owner: str, request: web.Request) -> web.Response:
-        raise NotImplementedError("only a worker forwards lookups")
 
 
 class TrackingSite(LookupPage):
@@ -225,6 +222,10 @@ class TrackingSite(LookupPage):
             ("/internal/inbox", self.internal_inbox, None),
         ):
             app.page(path)(_view(path, get, post))
+
+    async def _from_owner(self, order_id: str, request: web.Request) -> web.Response | None:
+        owner = self._owner(order_id)
+        return None if owner is None else await self._forward(owner, request)
 
     def _owner(self, key: str, table: str = "orders") -> str | None:
         """The URL of the worker that owns the key's partition of ``table``; None when it is
