@@ -46,6 +46,19 @@ async def _records_naming(settings, ids: list[str]) -> dict[str, int]:
         await consumer.stop()
 
 
+async def _progress(settings, topic: str) -> dict[int, tuple[int | None, int]]:
+    """partition -> (the worker group's committed offset, end offset)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers, group_id=settings.app_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        ends = await consumer.end_offsets(partitions)
+        return {tp.partition: (await consumer.committed(tp), ends[tp]) for tp in partitions}
+    finally:
+        await consumer.stop()
+
+
 def readiness(port: int) -> dict:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
@@ -107,7 +120,11 @@ def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_
         lost = {n: o for n, o in lost.items() if n not in delivered()}
         report = (f"{len(expected) - len(lost)} of {len(expected)} delivered; where the lost "
                   f"ones got to (topic: records naming them): "
-                  f"{asyncio.run(_records_naming(settings, [*lost, *lost.values()]))}")
+                  f"{asyncio.run(_records_naming(settings, [*lost, *lost.values()]))}; "
+                  f"the orders partitions' committed and end offsets: "
+                  f"{asyncio.run(_progress(settings, orders_topic))}; what the workers noticed:\n"
+                  + "\n".join(line for name in ("worker", "worker-b") for line in stack.log(name).splitlines()
+                               if '"level":"warning"' in line or '"level":"error"' in line)[-6000:])
         pytest.fail(report)
     stack.processes["senders"].terminate()  # nothing more may come
     stack.processes["senders"].wait(30)

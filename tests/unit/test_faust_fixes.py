@@ -15,11 +15,46 @@ def consumer(generation: int, flowing: bool = True) -> SimpleNamespace:
 def test_only_messages_of_the_current_generation_with_the_flow_on_are_acknowledged(monkeypatch):
     acked = []
     monkeypatch.setattr(faust_fixes, "_faust_ack", lambda self, message: acked.append(message) or True)
-    old, current = SimpleNamespace(generation_id=1), SimpleNamespace(generation_id=2)
-    assert faust_fixes._ack(consumer(2), old) is False  # fetched before the rebalance: read again
+    tp = TP("orders", 0)
+    old, current = SimpleNamespace(generation_id=1, tp=tp, offset=7), SimpleNamespace(generation_id=2, tp=tp, offset=8)
+    it = consumer(2)
+    assert faust_fixes._ack(it, old) is False  # fetched before the rebalance: read again
     assert faust_fixes._ack(consumer(2, flowing=False), current) is False  # mid-rebalance
-    assert faust_fixes._ack(consumer(2), current) is True
+    assert faust_fixes._ack(it, current) is True
     assert acked == [current]
+    assert faust_fixes.skipped_offsets(it) == {tp: {7}}  # remembered until it is read again
+    assert faust_fixes._ack(it, SimpleNamespace(generation_id=2, tp=tp, offset=7)) is True
+    assert faust_fixes.skipped_offsets(it) == {tp: set()}
+
+
+def committing(committed: int | None, acked: list[int], skipped: set[int]) -> SimpleNamespace:
+    tp = TP("orders", 0)
+    return SimpleNamespace(tp=tp, _acked={tp: acked}, _committed_offset={tp: committed},
+                           skipped_offsets={tp: skipped})
+
+
+def test_a_commit_never_passes_an_offset_skipped_unprocessed(monkeypatch):
+    monkeypatch.setattr(faust_fixes, "_faust_new_offset", lambda self, tp: max(self._acked[tp]) + 1)
+    # Faust itself lets one missing offset at the head through, and any number before a first commit.
+    for held in (committing(10, [11, 12], {10}), committing(None, [3, 4], {0, 1, 2})):
+        assert faust_fixes._new_offset(held, held.tp) is None
+    in_order = committing(10, [10, 11], {14})
+    assert faust_fixes._new_offset(in_order, in_order.tp) == 12
+    handled_since = committing(12, [12], {10})
+    assert faust_fixes._new_offset(handled_since, handled_since.tp) == 13
+    assert handled_since.skipped_offsets == {handled_since.tp: set()}
+
+
+async def test_a_seek_forgets_what_was_skipped(monkeypatch):
+    seeks = []
+
+    async def faust_seek(self):
+        seeks.append(self)
+
+    monkeypatch.setattr(faust_fixes, "_faust_perform_seek", faust_seek)
+    it = committing(10, [], {10, 11})
+    await faust_fixes._perform_seek(it)
+    assert seeks == [it] and it.skipped_offsets == {}
 
 
 def test_the_fetch_loop_never_sees_a_read_mark_so_drops_nothing():
@@ -101,7 +136,8 @@ class Worker:
     """As much of a Faust app as the watch of skipped events reads: one intents partition
     committed up to ``committed``, with the acknowledged offsets after it."""
 
-    def __init__(self, committed: int, acked: list[int], topic: str = "intents") -> None:
+    def __init__(self, committed: int, acked: list[int], topic: str = "intents",
+                 skipped: set[int] | None = None) -> None:
         self.tp = TP(topic, 1)
         self.seeks: list[dict] = []
         self.rebalancing = self.in_recovery = False
@@ -112,7 +148,9 @@ class Worker:
             self.seeks.append(partitions)
 
         self.consumer = SimpleNamespace(_acked={self.tp: acked}, _committed_offset={self.tp: committed},
-                                        flow_active=True, seek_wait=seek_wait, _commit_fut=None)
+                                        flow_active=True, seek_wait=seek_wait, _commit_fut=None,
+                                        assignment=lambda: {self.tp},
+                                        skipped_offsets={self.tp: skipped} if skipped else {})
 
 
 async def test_a_partition_waiting_before_skipped_events_is_read_again_from_its_commit():
@@ -126,6 +164,20 @@ async def test_a_partition_waiting_before_skipped_events_is_read_again_from_its_
     assert app.seeks == [{app.tp: 6}]  # given time to come round
     await watch.look(app)
     assert app.seeks == [{app.tp: 6}, {app.tp: 6}]  # still waiting: read again
+
+
+async def test_a_partition_whose_every_event_left_was_skipped_is_read_again_from_the_first():
+    """Nothing acknowledged after the commit, so no gap shows: only the skipped offsets tell."""
+    watch, app = faust_fixes.SkippedWatch(compacted=frozenset()), Worker(6, [], skipped={8, 9, 10})
+    app.consumer._acked = {}
+    await watch.look(app)
+    assert app.seeks == []
+    await watch.look(app)
+    assert app.seeks == [{app.tp: 8}]  # 6 and 7 were handled, and are being acknowledged
+    assert app.consumer.skipped_offsets == {}  # read again: nothing waits now
+    for _ in range(3):
+        await watch.look(app)
+    assert app.seeks == [{app.tp: 8}]
 
 
 async def test_partitions_handled_in_order_mid_rebalance_mid_commit_or_compacted_are_left_alone():
