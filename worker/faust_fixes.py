@@ -95,14 +95,8 @@ _faust_perform_seek = Consumer.perform_seek
 _faust_new_offset = Consumer._new_offset
 
 
-def skipped_offsets(consumer: Any) -> dict[Any, set[int]]:
-    """Offsets whose acknowledgement the consumer refused since its last seek, by partition."""
-    return vars(consumer).setdefault("skipped_offsets", {})
-
-
 def _ack(self: Consumer, message: Any) -> bool:
-    app = self.app
-    skipped = skipped_offsets(self)
+    app, skipped = self.app, self.skipped_offsets
     if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
         # Skipped by the stream, not processed: read again after the rebalance, or by fix 7.
         skipped.setdefault(message.tp, set()).add(message.offset)
@@ -113,14 +107,14 @@ def _ack(self: Consumer, message: Any) -> bool:
 
 
 async def _perform_seek(self: Consumer) -> None:
-    skipped_offsets(self).clear()  # every partition is read again from its committed offset
+    self.skipped_offsets.clear()  # every partition is read again from its committed offset
     await _faust_perform_seek(self)
 
 
 def first_skipped(consumer: Any, tp: Any) -> int | None:
     """The first offset of ``tp`` at or after its committed one that was skipped unprocessed."""
     committed = consumer._committed_offset.get(tp)
-    skipped = skipped_offsets(consumer).get(tp)
+    skipped = consumer.skipped_offsets.get(tp)
     if skipped and committed is not None:
         skipped.difference_update([o for o in skipped if o < committed])  # handled since
     return min(skipped) if skipped else None
@@ -164,6 +158,8 @@ _faust_consumer_init = Consumer.__init__
 def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
     _faust_consumer_init(self, *args, **kwargs)
     self._read_offset = _NoReadMark()
+    # Fixes 7 and 8: offsets whose acknowledgement was refused since the last seek, by partition.
+    self.skipped_offsets: dict[Any, set[int]] = {}
 
 
 async def _seek_to_committed(self: Any) -> Any:
@@ -204,15 +200,14 @@ class SkippedWatch:
     def gaps(self, app: Any) -> dict[Any, tuple[int, int]]:
         """(where to read again, first offset handled after it) of each partition whose
         commit waits before offsets nobody will handle; -1 when none was handled after."""
-        consumer, changelogs = app.consumer, app.tables.changelog_topics
+        consumer, skip = app.consumer, self.compacted | app.tables.changelog_topics
         found = {}
         for tp, acked in list(consumer._acked.items()):
             committed = consumer._committed_offset.get(tp)
-            if (acked and committed is not None and tp.topic not in self.compacted | changelogs
-                    and min(acked) > committed):
+            if acked and committed is not None and tp.topic not in skip and min(acked) > committed:
                 found[tp] = (committed, min(acked))
         assigned = consumer.assignment()
-        for tp in list(skipped_offsets(consumer)):
+        for tp in list(consumer.skipped_offsets):
             if tp in assigned and (skipped := first_skipped(consumer, tp)) is not None:
                 acked = consumer._acked.get(tp)
                 found[tp] = (skipped, min(acked) if acked else -1)
@@ -238,7 +233,7 @@ class SkippedWatch:
                             tp.topic, tp.partition, start, f" to {handled - 1}" if handled > start else "")
                 try:
                     await app.consumer.seek_wait({tp: start})
-                    skipped_offsets(app.consumer).pop(tp, None)
+                    app.consumer.skipped_offsets.pop(tp, None)
                 except Exception:  # noqa: BLE001 - the partition moved meanwhile: its new owner reads it
                     log.exception("reading %s[%s] again failed", tp.topic, tp.partition)
         self.waiting = seen
