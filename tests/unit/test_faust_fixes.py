@@ -17,7 +17,7 @@ def test_only_messages_of_the_current_generation_with_the_flow_on_are_acknowledg
     acked = []
     monkeypatch.setattr(faust_fixes, "_faust_ack", lambda self, message: acked.append(message) or True)
     tp = TP("orders", 0)
-    old, current = SimpleNamespace(generation_id=1, tp=tp, offset=7), SimpleNamespace(generation_id=2, tp=tp, offset=8)
+    old, current = SimpleNamespace(generation_id=1, tp=tp, offset=7), SimpleNamespace(generation_id=2, tp=tp, offset=6)
     it = consumer(2)
     assert faust_fixes._ack(it, old) is False  # fetched before the rebalance: read again
     assert faust_fixes._ack(consumer(2, flowing=False), current) is False  # mid-rebalance
@@ -25,6 +25,27 @@ def test_only_messages_of_the_current_generation_with_the_flow_on_are_acknowledg
     assert acked == [current]
     assert it.skipped_offsets == {tp: {7}}  # remembered until it is read again
     assert faust_fixes._ack(it, SimpleNamespace(generation_id=2, tp=tp, offset=7)) is True
+    assert it.skipped_offsets == {tp: set()}
+
+
+def test_after_a_skipped_offset_the_partition_is_out_of_turn_until_it_is_read_again(monkeypatch):
+    # Handled past a skipped batch, an order's shipment came before its creation.
+    monkeypatch.setattr(faust_fixes, "_faust_ack", lambda self, message: True)
+    tp, other = TP("orders", 0), TP("orders", 1)
+    it = consumer(2)
+
+    def read(offset: int, generation: int = 2, where: TP = tp) -> SimpleNamespace:
+        return SimpleNamespace(generation_id=generation, tp=where, offset=offset)
+
+    assert faust_fixes._ack(it, read(5)) is True
+    assert faust_fixes._ack(it, read(6, generation=1)) is False  # fetched before the rebalance
+    assert faust_fixes.out_of_turn(it, read(7)) and faust_fixes._ack(it, read(7)) is False
+    assert not faust_fixes.out_of_turn(it, read(3, where=other))  # its own turn
+    assert it.skipped_offsets == {tp: {6, 7}}
+    # Read again from 6 (fix 7's seek); a copy of 7 fetched before the seek still waits.
+    assert faust_fixes.out_of_turn(it, read(7))
+    assert not faust_fixes.out_of_turn(it, read(6)) and faust_fixes._ack(it, read(6)) is True
+    assert not faust_fixes.out_of_turn(it, read(7)) and faust_fixes._ack(it, read(7)) is True
     assert it.skipped_offsets == {tp: set()}
 
 
@@ -175,7 +196,8 @@ async def test_a_partition_whose_every_event_left_was_skipped_is_read_again_from
     assert app.seeks == []
     await watch.look(app)
     assert app.seeks == [{app.tp: 8}]  # 6 and 7 were handled, and are being acknowledged
-    assert app.consumer.skipped_offsets == {}  # read again: nothing waits now
+    # Kept until read again: a copy of 9 fetched before the seek must not come first.
+    assert app.consumer.skipped_offsets == {app.tp: {8, 9, 10}}
     for _ in range(3):
         await watch.look(app)
     assert app.seeks == [{app.tp: 8}]
