@@ -55,9 +55,10 @@ reading Faust's recovery for ``tests/faults/``.
    each partition the remaining worker took over). Their acknowledgements are refused (fix
    1), so the partition's commit stops before them for good, and nothing reads them again
    until a restart. Here the consumer remembers every offset it refused to acknowledge
-   until it is handled (or its partition goes to another worker), and a watch (:class:`SkippedWatch`, once a second) reads such a
-   partition again from its first skipped offset once it has seen it waiting twice in a row
-   while nothing is rebalancing or committing. It also reads again from its committed
+   until it is handled (or its partition goes to another worker), and a watch
+   (:class:`SkippedWatch`, once a second) reads such a partition again from its first
+   skipped offset once it has seen it waiting twice in a row while nothing is rebalancing
+   or committing. It also reads again from its committed
    offset a partition whose acknowledged offsets start past it, skipped by any other path
    (compacted inputs left out: there a gap may be compaction's). Before the first way, a
    partition whose whole remaining backlog came in one skipped fetch had no acknowledged
