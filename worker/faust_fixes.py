@@ -216,22 +216,23 @@ class SkippedWatch:
 
     def __init__(self, compacted: frozenset[str]) -> None:
         self.compacted = compacted
-        self.waiting: dict[Any, tuple[tuple[int, int], int]] = {}  # tp -> (gap, looks seen)
+        self.waiting: dict[Any, tuple[tuple[int, int, str], int]] = {}  # tp -> (gap, looks seen)
 
-    def gaps(self, app: Any) -> dict[Any, tuple[int, int]]:
-        """(where to read again, first offset handled after it) of each partition whose
-        commit waits before offsets nobody will handle; -1 when none was handled after."""
+    def gaps(self, app: Any) -> dict[Any, tuple[int, int, str]]:
+        """(where to read again, first offset handled after it, what showed it) of each
+        partition whose commit waits before offsets nobody will handle; -1 when none was
+        handled after."""
         consumer, skip = app.consumer, self.compacted | app.tables.changelog_topics
         found = {}
         for tp, acked in list(consumer._acked.items()):
             committed = consumer._committed_offset.get(tp)
             if acked and committed is not None and tp.topic not in skip and min(acked) > committed:
-                found[tp] = (committed, min(acked))
+                found[tp] = (committed, min(acked), "later offsets handled, never these")
         assigned = consumer.assignment()
         for tp in list(consumer.skipped_offsets):
             if tp in assigned and (skipped := first_skipped(consumer, tp)) is not None:
                 acked = consumer._acked.get(tp)
-                found[tp] = (skipped, min(acked) if acked else -1)
+                found[tp] = (skipped, min(acked) if acked else -1, "skipped by the stream")
         return found
 
     async def look(self, app: Any) -> None:
@@ -249,9 +250,10 @@ class SkippedWatch:
             looks = looks + 1 if before == gap else 1
             seen[tp] = (gap, looks)
             if looks % self.AGAIN_AFTER == 2:
-                start, handled = gap
-                log.warning("%s[%s]: offsets from %d%s were skipped unprocessed; reading them again",
-                            tp.topic, tp.partition, start, f" to {handled - 1}" if handled > start else "")
+                start, handled, why = gap
+                log.warning("%s[%s]: offsets from %d%s were left unprocessed (%s); reading them again",
+                            tp.topic, tp.partition, start, f" to {handled - 1}" if handled > start else "",
+                            why)
                 try:
                     # The skipped offsets stay until handled: events fetched before the
                     # seek and delivered after it stay out of turn.
