@@ -58,9 +58,9 @@ reading Faust's recovery for ``tests/faults/``.
    until it is handled (or its partition goes to another worker), and a watch
    (:class:`SkippedWatch`, once a second) reads such a partition again from its first
    skipped offset once it has seen it waiting twice in a row while nothing is rebalancing
-   or committing. It also reads again from its committed
-   offset a partition whose acknowledged offsets start past it, skipped by any other path
-   (compacted inputs left out: there a gap may be compaction's). Before the first way, a
+   or committing. It also reads again from its committed offset a partition whose
+   acknowledged offsets start past it, skipped by any other path (compacted inputs left
+   out: there a gap may be compaction's). Before the first way, a
    partition whose whole remaining backlog came in one skipped fetch had no acknowledged
    offset at all, and waited unread: 82 of 600 confirmations lost in one CI run.
    Until the skipped offsets are handled, the partition's later events are out of turn
@@ -179,7 +179,7 @@ _faust_consumer_init = Consumer.__init__
 def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
     _faust_consumer_init(self, *args, **kwargs)
     self._read_offset = _NoReadMark()
-    # Fixes 7 and 8: offsets whose acknowledgement was refused since the last seek, by partition.
+    # Fixes 7 and 8: offsets skipped unprocessed and not handled since, by partition.
     self.skipped_offsets: dict[Any, set[int]] = {}
 
 
