@@ -1,5 +1,5 @@
 """Fixes to faust-streaming (0.11–0.15), applied once at start (fix 7 runs on a timer).
-Fixes 1, 2, 3, 5, 6, 7 and 8 are what the worker's at-least-once guarantee depends on. The
+Fixes 1, 2, 3, 5, 6, 7, 8 and 9 are what the worker's at-least-once guarantee depends on. The
 first five and the seventh were found by ``tests/integration/test_scale_out.py`` (with two
 workers, one stopping mid-stream, 3 to 12 of 600 confirmations were lost), the sixth while
 reading Faust's recovery for ``tests/faults/``.
@@ -52,28 +52,34 @@ reading Faust's recovery for ``tests/faults/``.
 7. A partition's events can still be skipped unprocessed after the rebalance's seek: a
    fetch made before the new generation began is delivered after it, and the stream skips
    it for its old generation (seen in every run of the scale-out test: a dozen offsets of
-   each partition the remaining worker took over). Their acknowledgements are refused (fix
-   1), so the partition's commit stops before them for good, and nothing reads them again
-   until a restart. Here the consumer remembers every offset it refused to acknowledge
-   until it is handled (or its partition goes to another worker), and a watch
-   (:class:`SkippedWatch`, once a second) reads such a partition again from its first
-   skipped offset once it has seen it waiting twice in a row while nothing is rebalancing
-   or committing. It also reads again from its committed offset a partition whose
-   acknowledged offsets start past it, skipped by any other path (compacted inputs left
-   out: there a gap may be compaction's). Before the first way, a
-   partition whose whole remaining backlog came in one skipped fetch had no acknowledged
-   offset at all, and waited unread: 82 of 600 confirmations lost in one CI run.
-   Until the skipped offsets are handled, the partition's later events are out of turn
-   (:func:`out_of_turn`): the stages leave them unhandled and their acknowledgements are
-   refused too, so each partition is handled in offset order, as the stages assume, even
-   when a fetch made before a seek delivers later offsets after it. Handled past a skipped
-   batch, an order's ``order.shipped`` found no ``order.created`` yet, and its notification
-   was decided with nobody to tell: 83 of a 5,000-order fault run's lost so.
+   each partition the remaining worker took over); and Faust empties its queues of fetched
+   events at a rebalance (``flow_control.clear()``) without their passing the
+   acknowledgement. Later events were then handled before the skipped ones were read again:
+   an order's ``order.shipped`` found no ``order.created`` yet, and its notification was
+   decided with nobody to tell (83 of a 5,000-order fault run's lost so, and 45 in
+   another by the queue's path). Here each partition is handled strictly in offset order.
+   The consumer keeps its *frontier*, the offset before which every record has been handled
+   (the committed offset after a rebalance's seek), and every message carries ``follows``,
+   where aiokafka's fetch stood before it: the log holds no record from there to the
+   message (compaction, transaction markers), whenever and however it was fetched. A
+   message is in turn (:func:`in_turn`) when ``follows <= frontier <= offset``; the stages
+   handle only those, and skip those below the frontier (handled already). One that came
+   early has its acknowledgement refused, and a watch (:class:`FrontierWatch`, once a
+   second) reads a partition again from its frontier when the frontier stands still while
+   records past it have been fetched: after two looks if one came early or was skipped by
+   the stream, after thirty if none came at all.
 
 8. Faust commits past one unacknowledged offset at the head of a partition (it holds the
    commit only when the first acknowledged offset is more than one past the committed one),
-   and past any number of them in a partition never committed. Here a commit never passes
-   an offset this consumer refused to acknowledge: it waits for fix 7 to read it again.
+   and past any number of them in a partition never committed. Here a partition's commit is
+   its frontier.
+
+9. Faust's compiled stream iterator (``faust._cython.streams``, used whenever its extension
+   is built, as in the PyPI wheels of 0.15) acknowledges a stream's events with its own
+   inlined copy of ``Consumer.ack``, so fixes 1, 7 and 8 never saw them: events skipped at
+   a rebalance were acknowledged and committed past as if handled. Here streams use
+   Faust's Python iterator, which calls ``Consumer.ack``. Found on 2026-12-03 when the
+   frontier of fix 7 never moved.
 
 And one for the web server: 4. Faust listens with aiohttp's default backlog of 128
 connections, so a burst of new clients (200 at once in ``notifier bench page``) overflows
@@ -87,10 +93,13 @@ import asyncio
 import logging
 from typing import Any
 
+import faust.streams
 from aiohttp.web import TCPSite
+from aiokafka.consumer.fetcher import PartitionRecords
 from faust.stores.memory import Store as MemoryStore
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.producer import ProducerBuffer
 from faust.web.drivers.aiohttp import Web as WebDriver
 
@@ -100,53 +109,81 @@ _faust_seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
 _faust_send_pending = ProducerBuffer._send_pending
 _faust_perform_seek = Consumer.perform_seek
 _faust_new_offset = Consumer._new_offset
+_faust_to_message = AIOKafkaConsumer._to_message
+_aiokafka_consumer_record = PartitionRecords._consumer_record
+# Fix 7: by partition, the offset after the last record any consumer of this process has
+# fetched (written by the consumer's thread).
+FETCHED: dict[Any, int] = {}
 
 
 def _ack(self: Consumer, message: Any) -> bool:
-    app, skipped = self.app, self.skipped_offsets
-    if (message.generation_id != app.consumer_generation_id or not app.flow_control.is_active()
-            or out_of_turn(self, message)):
+    app, tp = self.app, message.tp
+    if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
         # Skipped by the stream, not processed: read again after the rebalance, or by fix 7.
-        skipped.setdefault(message.tp, set()).add(message.offset)
+        self.early.add(tp)
         return False
-    if message.tp in skipped:
-        skipped[message.tp].discard(message.offset)
+    turn = _turn(self, message)
+    if turn is not NEXT:
+        if turn is EARLY:
+            self.early.add(tp)
+        return False
+    if tp in self.frontier:
+        self.frontier[tp] = message.offset + 1
     return _faust_ack(self, message)
 
 
-def out_of_turn(consumer: Any, message: Any) -> bool:
-    """Whether an earlier offset of the message's partition was skipped unprocessed and
-    not read again since: the message must wait to be read again after it (fix 7)."""
-    if not consumer.skipped_offsets.get(message.tp):
-        return False
-    first = first_skipped(consumer, message.tp)
-    return first is not None and first < message.offset
+NEXT, DONE, EARLY = "next", "done", "early"
+
+
+def _turn(consumer: Any, message: Any) -> str:
+    frontier = consumer.frontier.get(message.tp)
+    offset = message.offset
+    if frontier is None or offset == frontier:
+        return NEXT
+    if offset < frontier:
+        return DONE
+    # The log holds no records from ``follows`` to this one (compaction, transaction markers).
+    return NEXT if getattr(message, "follows", offset) <= frontier else EARLY
+
+
+def in_turn(consumer: Any, message: Any) -> bool:
+    """Whether every record of the message's partition before it has been handled: the
+    stages handle only such messages, each partition strictly in offset order (fix 7)."""
+    return _turn(consumer, message) is NEXT
 
 
 async def _perform_seek(self: Consumer) -> None:
-    # Those of partitions still held stay: a fetch made before the seek may still deliver
-    # later offsets of theirs, which must wait for the skipped ones read again.
-    held = self.assignment()
-    for tp in [tp for tp in self.skipped_offsets if tp not in held]:
-        del self.skipped_offsets[tp]
     await _faust_perform_seek(self)
-
-
-def first_skipped(consumer: Any, tp: Any) -> int | None:
-    """The first offset of ``tp`` at or after its committed one that was skipped unprocessed."""
-    committed = consumer._committed_offset.get(tp)
-    skipped = consumer.skipped_offsets.get(tp)
-    if skipped and committed is not None:
-        skipped.difference_update([o for o in skipped if o < committed])  # handled since
-    return min(skipped) if skipped else None
+    # Everything before the committed offsets was handled; the rest is read again from there.
+    changelogs = self.app.tables.changelog_topics
+    self.frontier = {tp: self._committed_offset.get(tp) or 0
+                     for tp in self.assignment() if tp.topic not in changelogs}
+    self.early.clear()
 
 
 def _new_offset(self: Consumer, tp: Any) -> int | None:
-    acked = self._acked[tp]
-    skipped = first_skipped(self, tp)
-    if acked and skipped is not None and skipped < min(acked):
-        return None  # the commit would pass it
-    return _faust_new_offset(self, tp)
+    frontier = self.frontier.get(tp)
+    if frontier is None:
+        return _faust_new_offset(self, tp)
+    self._acked[tp].clear()  # all below the frontier: nothing for Faust's own reckoning
+    self._acked_index[tp].clear()
+    return frontier if frontier > (self._committed_offset.get(tp) or 0) else None
+
+
+def _consumer_record(self: PartitionRecords, tp: Any, record: Any) -> Any:
+    consumer_record = _aiokafka_consumer_record(self, tp, record)
+    # Where the fetch stood before this record: the previous record's offset + 1, or past
+    # the batches and markers in between, or the fetch's own start.
+    consumer_record.follows = self.next_fetch_offset
+    if record.offset >= FETCHED.get(tp, 0):
+        FETCHED[tp] = record.offset + 1
+    return consumer_record
+
+
+def _to_message(self: AIOKafkaConsumer, tp: Any, record: Any) -> Any:
+    message = _faust_to_message(self, tp, record)
+    message.follows = getattr(record, "follows", record.offset)
+    return message
 
 
 async def _send_pending(self: ProducerBuffer, fut: Any) -> None:
@@ -179,8 +216,10 @@ _faust_consumer_init = Consumer.__init__
 def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
     _faust_consumer_init(self, *args, **kwargs)
     self._read_offset = _NoReadMark()
-    # Fixes 7 and 8: offsets skipped unprocessed and not handled since, by partition.
-    self.skipped_offsets: dict[Any, set[int]] = {}
+    # Fixes 7 and 8: by partition, the offset before which every record has been handled,
+    # and the partitions some of whose records came early or were skipped by the stream.
+    self.frontier: dict[Any, int] = {}
+    self.early: set[Any] = set()
 
 
 async def _seek_to_committed(self: Any) -> Any:
@@ -208,59 +247,42 @@ async def _drop_unheld_partitions(self: MemoryStore, active_tps: set[Any], stand
                  "(faust would have dropped them), dropped %d", kept, len(dropped))
 
 
-class SkippedWatch:
-    """Fix 7: partitions whose commit waits before events nobody will handle are read
-    again from there."""
+class FrontierWatch:
+    """Fix 7: a partition whose frontier stands still while records past it have been
+    fetched is read again from its frontier."""
 
-    AGAIN_AFTER = 10  # looks: a partition read again and still waiting is read again
+    AFTER_EARLY = 2  # looks: a later record came (or one was skipped), so one went missing
+    AFTER_QUIET = 30  # looks: none came (dropped with a queue, or slow behind others in one)
+    AGAIN_AFTER = 10  # looks: read again and still standing, read again
 
-    def __init__(self, compacted: frozenset[str]) -> None:
-        self.compacted = compacted
-        self.waiting: dict[Any, tuple[tuple[int, int, str], int]] = {}  # tp -> (gap, looks seen)
-
-    def gaps(self, app: Any) -> dict[Any, tuple[int, int, str]]:
-        """(where to read again, first offset handled after it, what showed it) of each
-        partition whose commit waits before offsets nobody will handle; -1 when none was
-        handled after."""
-        consumer, skip = app.consumer, self.compacted | app.tables.changelog_topics
-        found = {}
-        for tp, acked in list(consumer._acked.items()):
-            committed = consumer._committed_offset.get(tp)
-            if acked and committed is not None and tp.topic not in skip and min(acked) > committed:
-                found[tp] = (committed, min(acked), "later offsets handled, never these")
-        assigned = consumer.assignment()
-        for tp in list(consumer.skipped_offsets):
-            if tp in assigned and (skipped := first_skipped(consumer, tp)) is not None:
-                acked = consumer._acked.get(tp)
-                found[tp] = (skipped, min(acked) if acked else -1, "skipped by the stream")
-        return found
+    def __init__(self) -> None:
+        self.standing: dict[Any, tuple[int, int]] = {}  # tp -> (frontier, looks seen there)
 
     async def look(self, app: Any) -> None:
+        consumer = app.consumer
         if (app.rebalancing or app.in_recovery or not app.flow_control.is_active()
-                or not app.consumer.flow_active):
-            self.waiting.clear()  # the rebalance's own seek comes first
+                or not consumer.flow_active):
+            self.standing.clear()  # the rebalance's own seek comes first
             return
-        if app.consumer._commit_fut is not None:
-            # A commit takes the acknowledged offsets off before it moves the committed one
-            # (after the producer's flush, seconds under load): a gap that is not one.
-            return
-        seen = {}
-        for tp, gap in self.gaps(app).items():
-            before, looks = self.waiting.get(tp, (gap, 0))
-            looks = looks + 1 if before == gap else 1
-            seen[tp] = (gap, looks)
-            if looks % self.AGAIN_AFTER == 2:
-                start, handled, why = gap
-                log.warning("%s[%s]: offsets from %d%s were left unprocessed (%s); reading them again",
-                            tp.topic, tp.partition, start, f" to {handled - 1}" if handled > start else "",
-                            why)
+        standing = {}
+        for tp, frontier in list(consumer.frontier.items()):
+            if FETCHED.get(tp, 0) <= frontier:
+                continue
+            before, looks = self.standing.get(tp, (frontier, 0))
+            looks = looks + 1 if before == frontier else 1
+            standing[tp] = (frontier, looks)
+            early = tp in consumer.early
+            first = self.AFTER_EARLY if early else self.AFTER_QUIET
+            if looks >= first and (looks - first) % self.AGAIN_AFTER == 0:
+                log.warning("%s[%s]: records from %d on were fetched and not handled (%s); "
+                            "reading them again", tp.topic, tp.partition, frontier,
+                            "later ones came first" if early else "none came")
+                consumer.early.discard(tp)
                 try:
-                    # The skipped offsets stay until handled: events fetched before the
-                    # seek and delivered after it stay out of turn.
-                    await app.consumer.seek_wait({tp: start})
+                    await consumer.seek_wait({tp: frontier})
                 except Exception:  # noqa: BLE001 - the partition moved meanwhile: its new owner reads it
                     log.exception("reading %s[%s] again failed", tp.topic, tp.partition)
-        self.waiting = seen
+        self.standing = standing
 
 
 def _tcp_site(self: Any) -> TCPSite:
@@ -270,11 +292,17 @@ def _tcp_site(self: Any) -> TCPSite:
 
 
 def apply() -> None:
+    # Fix 9: Faust's compiled stream iterator acknowledges events by its own inlined copy of
+    # Consumer.ack, so fixes 1, 7 and 8 never saw a stream's acknowledgements; its Python
+    # twin calls Consumer.ack.
+    faust.streams._CStreamIterator = None
     WebDriver._new_transport_tcp = _tcp_site  # type: ignore[method-assign]
     Consumer.ack = _ack  # type: ignore[method-assign]
     Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
+    AIOKafkaConsumer._to_message = _to_message  # type: ignore[method-assign]
+    PartitionRecords._consumer_record = _consumer_record  # type: ignore[method-assign]
     ProducerBuffer.flush = _flush  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]

@@ -166,8 +166,8 @@ class Pipeline:
         app.page("/healthz")(self._healthz)
         app.page("/readyz")(self._readyz)
         app.timer(1.0)(self._watch_readiness)
-        skipped = faust_fixes.SkippedWatch(compacted=frozenset({t.preferences}))
-        app.timer(1.0, name="skipped_watch")(lambda: skipped.look(app))
+        watch = faust_fixes.FrontierWatch()
+        app.timer(1.0, name="frontier_watch")(lambda: watch.look(app))
         app.on_partitions_revoked.connect(self._forget_progress)
         TrackingSite(self).register(app)
         self.recovering_since: float | None = None
@@ -198,11 +198,11 @@ class Pipeline:
             await self._guarded(event, self._on_sighting, "address")
 
     async def _in_turn(self, stream: faust.StreamT) -> AsyncIterator[faust.EventT]:
-        """The stream's events in offset order: one read after an earlier event of its
-        partition that was skipped unprocessed waits to be read again after it (faust_fixes 7)."""
+        """The stream's events strictly in offset order: one that comes before an earlier
+        record of its partition has been handled waits to be read again (faust_fixes 7)."""
         consumer = self.app.consumer
         async for event in stream.events():
-            if not faust_fixes.out_of_turn(consumer, event.message):
+            if faust_fixes.in_turn(consumer, event.message):
                 yield event
 
     async def _forget_progress(self, sender: Any, revoked: Any, **_: Any) -> None:
