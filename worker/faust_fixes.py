@@ -67,7 +67,8 @@ reading Faust's recovery for ``tests/faults/``.
    early has its acknowledgement refused, and a watch (:class:`FrontierWatch`, once a
    second) reads a partition again from its frontier when the frontier stands still while
    records past it have been fetched: after two looks if one came early or was skipped by
-   the stream, after thirty if none came at all.
+   the stream, after thirty if none came at all; from the log's start instead when
+   retention has deleted the records before it.
 
 8. Faust commits past one unacknowledged offset at the head of a partition (it holds the
    commit only when the first acknowledged offset is more than one past the committed one),
@@ -279,6 +280,9 @@ class FrontierWatch:
                             "later ones came first" if early else "none came")
                 consumer.early.discard(tp)
                 try:
+                    start = (await consumer.earliest_offsets(tp)).get(tp, 0)
+                    if start > frontier:  # deleted by retention: nothing before it to handle
+                        consumer.frontier[tp] = frontier = start
                     await consumer.seek_wait({tp: frontier})
                 except Exception:  # noqa: BLE001 - the partition moved meanwhile: its new owner reads it
                     log.exception("reading %s[%s] again failed", tp.topic, tp.partition)

@@ -193,9 +193,14 @@ class Worker:
         async def seek_wait(partitions):
             self.seeks.append(partitions)
 
+        async def earliest_offsets(tp):
+            return {tp: self.log_start}
+
+        self.log_start = 0
         faust_fixes.FETCHED[self.tp] = fetched
         self.consumer = SimpleNamespace(frontier={self.tp: frontier}, early={self.tp} if early else set(),
-                                        flow_active=True, seek_wait=seek_wait)
+                                        flow_active=True, seek_wait=seek_wait,
+                                        earliest_offsets=earliest_offsets)
 
 
 async def test_a_partition_standing_after_an_early_record_is_read_again_from_its_frontier():
@@ -210,6 +215,14 @@ async def test_a_partition_standing_after_an_early_record_is_read_again_from_its
     assert app.seeks == [{app.tp: 6}]  # given time to come round
     await watch.look(app)
     assert app.seeks == [{app.tp: 6}, {app.tp: 6}]  # still standing: read again
+
+
+async def test_a_partition_whose_frontier_retention_deleted_is_read_from_the_logs_start():
+    watch, app = faust_fixes.FrontierWatch(), Worker(6, 60, early=True)
+    app.log_start = 40
+    for _ in range(faust_fixes.FrontierWatch.AFTER_EARLY):
+        await watch.look(app)
+    assert app.seeks == [{app.tp: 40}] and app.consumer.frontier[app.tp] == 40
 
 
 async def test_a_partition_whose_fetched_records_never_came_is_read_again_after_a_longer_wait():
