@@ -67,8 +67,9 @@ reading Faust's recovery for ``tests/faults/``.
    early has its acknowledgement refused, and a watch (:class:`FrontierWatch`, once a
    second) reads a partition again from its frontier when the frontier stands still while
    records past it have been fetched: after two looks if one came early or was skipped by
-   the stream, after thirty if none came at all; from the log's start instead when
-   retention has deleted the records before it.
+   the stream, or if nothing at all was handled meanwhile; after thirty while other
+   records are handled (it may be slow behind them in a queue); from the log's start
+   instead when retention has deleted the records before it.
 
 8. Faust commits past one unacknowledged offset at the head of a partition (it holds the
    commit only when the first acknowledged offset is more than one past the committed one),
@@ -92,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import faust.streams
@@ -130,6 +132,7 @@ def _ack(self: Consumer, message: Any) -> bool:
         return False
     if tp in self.frontier:
         self.frontier[tp] = message.offset + 1
+    self.handled += 1
     return _faust_ack(self, message)
 
 
@@ -221,6 +224,7 @@ def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
     # and the partitions some of whose records came early or were skipped by the stream.
     self.frontier: dict[Any, int] = {}
     self.early: set[Any] = set()
+    self.handled = 0  # records handled: the watch tells a busy worker from an idle one
 
 
 async def _seek_to_committed(self: Any) -> Any:
@@ -248,16 +252,26 @@ async def _drop_unheld_partitions(self: MemoryStore, active_tps: set[Any], stand
                  "(faust would have dropped them), dropped %d", kept, len(dropped))
 
 
+@dataclass(slots=True)
+class _Standing:
+    frontier: int
+    looks: int = 0  # looks the frontier has stood here with records past it fetched
+    idle: int = 0  # of them, looks after a second in which nothing was handled anywhere
+    rest: int = 0  # looks to wait after reading it again
+
+
 class FrontierWatch:
     """Fix 7: a partition whose frontier stands still while records past it have been
     fetched is read again from its frontier."""
 
     AFTER_EARLY = 2  # looks: a later record came (or one was skipped), so one went missing
-    AFTER_QUIET = 30  # looks: none came (dropped with a queue, or slow behind others in one)
+    AFTER_IDLE = 2  # looks with nothing handled anywhere: what was fetched went missing
+    AFTER_BUSY = 30  # looks while others are handled: it may be slow behind them in a queue
     AGAIN_AFTER = 10  # looks: read again and still standing, read again
 
     def __init__(self) -> None:
-        self.standing: dict[Any, tuple[int, int]] = {}  # tp -> (frontier, looks seen there)
+        self.standing: dict[Any, _Standing] = {}
+        self.handled = -1  # the consumer's count of handled records at the last look
 
     async def look(self, app: Any) -> None:
         consumer = app.consumer
@@ -265,27 +279,30 @@ class FrontierWatch:
                 or not consumer.flow_active):
             self.standing.clear()  # the rebalance's own seek comes first
             return
+        idle, self.handled = consumer.handled == self.handled, consumer.handled
         standing = {}
         for tp, frontier in list(consumer.frontier.items()):
             if FETCHED.get(tp, 0) <= frontier:
                 continue
-            before, looks = self.standing.get(tp, (frontier, 0))
-            looks = looks + 1 if before == frontier else 1
-            standing[tp] = (frontier, looks)
+            it = self.standing.get(tp)
+            it = standing[tp] = it if it is not None and it.frontier == frontier else _Standing(frontier)
+            it.looks, it.idle, it.rest = it.looks + 1, it.idle + idle, it.rest - 1
             early = tp in consumer.early
-            first = self.AFTER_EARLY if early else self.AFTER_QUIET
-            if looks >= first and (looks - first) % self.AGAIN_AFTER == 0:
-                log.warning("%s[%s]: records from %d on were fetched and not handled (%s); "
-                            "reading them again", tp.topic, tp.partition, frontier,
-                            "later ones came first" if early else "none came")
-                consumer.early.discard(tp)
-                try:
-                    start = (await consumer.earliest_offsets(tp)).get(tp, 0)
-                    if start > frontier:  # deleted by retention: nothing before it to handle
-                        consumer.frontier[tp] = frontier = start
-                    await consumer.seek_wait({tp: frontier})
-                except Exception:  # noqa: BLE001 - the partition moved meanwhile: its new owner reads it
-                    log.exception("reading %s[%s] again failed", tp.topic, tp.partition)
+            if it.rest > 0 or not (early and it.looks >= self.AFTER_EARLY or it.idle >= self.AFTER_IDLE
+                                   or it.looks >= self.AFTER_BUSY):
+                continue
+            it.rest = self.AGAIN_AFTER
+            log.warning("%s[%s]: records from %d on were fetched and not handled (%s); "
+                        "reading them again", tp.topic, tp.partition, frontier,
+                        "later ones came first" if early else "none came")
+            consumer.early.discard(tp)
+            try:
+                start = (await consumer.earliest_offsets(tp)).get(tp, 0)
+                if start > frontier:  # deleted by retention: nothing before it to handle
+                    consumer.frontier[tp] = frontier = start
+                await consumer.seek_wait({tp: frontier})
+            except Exception:  # noqa: BLE001 - the partition moved meanwhile: its new owner reads it
+                log.exception("reading %s[%s] again failed", tp.topic, tp.partition)
         self.standing = standing
 
 

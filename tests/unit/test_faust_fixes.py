@@ -10,7 +10,7 @@ from worker import faust_fixes
 def consumer(generation: int = 2, flowing: bool = True, frontier: dict | None = None) -> SimpleNamespace:
     flow = SimpleNamespace(is_active=lambda: flowing)
     return SimpleNamespace(app=SimpleNamespace(consumer_generation_id=generation, flow_control=flow),
-                           frontier=frontier if frontier is not None else {}, early=set())
+                           frontier=frontier if frontier is not None else {}, early=set(), handled=0)
 
 
 def read(offset: int, follows: int | None = None, generation: int = 2, tp: TP = TP("orders", 0)):
@@ -200,7 +200,7 @@ class Worker:
         faust_fixes.FETCHED[self.tp] = fetched
         self.consumer = SimpleNamespace(frontier={self.tp: frontier}, early={self.tp} if early else set(),
                                         flow_active=True, seek_wait=seek_wait,
-                                        earliest_offsets=earliest_offsets)
+                                        earliest_offsets=earliest_offsets, handled=0)
 
 
 async def test_a_partition_standing_after_an_early_record_is_read_again_from_its_frontier():
@@ -225,15 +225,24 @@ async def test_a_partition_whose_frontier_retention_deleted_is_read_from_the_log
     assert app.seeks == [{app.tp: 40}] and app.consumer.frontier[app.tp] == 40
 
 
-async def test_a_partition_whose_fetched_records_never_came_is_read_again_after_a_longer_wait():
-    """Nothing came early: the records fetched are slow behind others in a queue, or were
-    dropped with it."""
+async def test_records_fetched_that_never_came_are_read_again_once_nothing_is_handled():
+    """Nothing came early: what was fetched was dropped with a queue (Faust empties them at
+    a rebalance), or is slow behind other partitions' records in one."""
     watch, app = faust_fixes.FrontierWatch(), Worker(6, 20)
-    for _ in range(faust_fixes.FrontierWatch.AFTER_QUIET - 1):
+    for _ in range(faust_fixes.FrontierWatch.AFTER_BUSY - 1):
+        app.consumer.handled += 5  # the stage is busy with other partitions
         await watch.look(app)
     assert app.seeks == []
+    app.consumer.handled += 5
     await watch.look(app)
     assert app.seeks == [{app.tp: 6}]
+
+    watch, idle = faust_fixes.FrontierWatch(), Worker(6, 20)
+    for _ in range(faust_fixes.FrontierWatch.AFTER_IDLE):
+        await watch.look(idle)
+    assert idle.seeks == []  # the first look has nothing to compare with
+    await watch.look(idle)
+    assert idle.seeks == [{idle.tp: 6}]
 
 
 async def test_partitions_moving_handled_to_the_end_or_mid_rebalance_are_left_alone():
@@ -241,7 +250,7 @@ async def test_partitions_moving_handled_to_the_end_or_mid_rebalance_are_left_al
     moving, at_end, rebalancing = Worker(6, 20, early=True), Worker(20, 20), Worker(6, 20, early=True)
     rebalancing.rebalancing = True
     for app in (moving, at_end, rebalancing):
-        for look in range(faust_fixes.FrontierWatch.AFTER_QUIET + 1):
+        for look in range(faust_fixes.FrontierWatch.AFTER_BUSY + 1):
             if app is moving:
                 app.consumer.frontier[app.tp] += 1
             await watch.look(app)
