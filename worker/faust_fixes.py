@@ -259,6 +259,11 @@ class _Standing:
     idle: int = 0  # of them, looks after a second in which nothing was handled anywhere
     rest: int = 0  # looks to wait after reading it again
 
+    def missing(self, early: bool) -> bool:
+        """Whether the records past the frontier look lost rather than on their way."""
+        return (early and self.looks >= FrontierWatch.AFTER_EARLY
+                or self.idle >= FrontierWatch.AFTER_IDLE or self.looks >= FrontierWatch.AFTER_BUSY)
+
 
 class FrontierWatch:
     """Fix 7: a partition whose frontier stands still while records past it have been
@@ -288,8 +293,7 @@ class FrontierWatch:
             it = standing[tp] = it if it is not None and it.frontier == frontier else _Standing(frontier)
             it.looks, it.idle, it.rest = it.looks + 1, it.idle + idle, it.rest - 1
             early = tp in consumer.early
-            if it.rest > 0 or not (early and it.looks >= self.AFTER_EARLY or it.idle >= self.AFTER_IDLE
-                                   or it.looks >= self.AFTER_BUSY):
+            if it.rest > 0 or not it.missing(early):
                 continue
             it.rest = self.AGAIN_AFTER
             log.warning("%s[%s]: records from %d on were fetched and not handled (%s); "
