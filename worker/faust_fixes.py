@@ -106,6 +106,8 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.transport.producer import ProducerBuffer
 from faust.web.drivers.aiohttp import Web as WebDriver
 
+from worker import metrics
+
 log = logging.getLogger("worker.faust_fixes")
 _faust_ack = Consumer.ack
 _faust_seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
@@ -296,9 +298,10 @@ class FrontierWatch:
             if it.rest > 0 or not it.missing(early):
                 continue
             it.rest = self.AGAIN_AFTER
+            reason = "later_came_first" if early else "none_came"
+            metrics.partition_rereads.labels(tp.topic, reason).inc()
             log.warning("%s[%s]: records from %d on were fetched and not handled (%s); "
-                        "reading them again", tp.topic, tp.partition, frontier,
-                        "later ones came first" if early else "none came")
+                        "reading them again", tp.topic, tp.partition, frontier, reason)
             consumer.early.discard(tp)
             try:
                 start = (await consumer.earliest_offsets(tp)).get(tp, 0)

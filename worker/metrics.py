@@ -100,6 +100,11 @@ ready = Gauge(
     "notifier_ready", "1 while this worker has partitions and is neither rebalancing nor recovering",
     registry=registry,
 )
+partition_rereads = Counter(
+    "notifier_partition_rereads_total", "Input partitions read again from their frontier: records "
+    "past it were fetched and not handled (reason: later_came_first, none_came)", ["topic", "reason"],
+    registry=registry,
+)
 table_recovery_seconds = Histogram(
     "notifier_table_recovery_seconds", "Time a worker spent recovering its tables after a rebalance",
     registry=registry, buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),

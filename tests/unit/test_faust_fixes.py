@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from worker import faust_fixes
+from worker import faust_fixes, metrics
 
 
 def consumer(generation: int = 2, flowing: bool = True, frontier: dict | None = None) -> SimpleNamespace:
@@ -203,12 +203,19 @@ class Worker:
                                         earliest_offsets=earliest_offsets, handled=0)
 
 
+def rereads(tp, reason):
+    return metrics.registry.get_sample_value(
+        "notifier_partition_rereads_total", {"topic": tp.topic, "reason": reason}) or 0
+
+
 async def test_a_partition_standing_after_an_early_record_is_read_again_from_its_frontier():
     watch, app = faust_fixes.FrontierWatch(), Worker(6, 20, early=True)
+    before = rereads(app.tp, "later_came_first")
     await watch.look(app)
     assert app.seeks == []  # once may be the stage between two steps
     await watch.look(app)
     assert app.seeks == [{app.tp: 6}] and app.consumer.early == set()
+    assert rereads(app.tp, "later_came_first") == before + 1  # what SRE's alert counts
     app.consumer.early.add(app.tp)  # a copy fetched before the seek still comes early
     for _ in range(faust_fixes.FrontierWatch.AGAIN_AFTER - 1):
         await watch.look(app)
