@@ -6,7 +6,9 @@ every page, one keeps the pages of unchanged orders) and beside each two page se
 the workers have committed them and the page servers have read them, then keeps
 ``--concurrency`` lookups (order number and email, over keep-alive connections) in flight
 against each for ``--seconds``, cycling over the orders from a cold page cache (customers
-refreshing: the page of an order that has not changed comes from memory). Reports the latency of each lookup (p50, p99) and lookups per second.
+refreshing: the page of an order that has not changed comes from memory), and where pages
+are kept, for ``--seconds`` more with the pages drawn. Reports the latency of each lookup
+(p50, p99) and lookups per second.
 The client runs on the same machine and takes its share of the two cores.
 """
 
@@ -74,10 +76,12 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
                          "NOTIFIER_PAGE_CACHE_SIZE": cache}))
             for cache in groups:
                 _wait_for_page_servers(setups["pages", cache], PAGE_SERVERS)
-            figures = {}
+            figures, warm = {}, {}
             for (who, cache), port in setups.items():
                 print(f"{concurrency} lookups in flight for {seconds:g} s, {who}, page cache {cache}...", flush=True)
                 figures[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
+                if cache != "0":  # and on, the pages drawn: customers refreshing
+                    warm[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
         finally:
             for process in processes:
                 process.terminate()
@@ -87,11 +91,16 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
         served = "one worker" if who == "worker" else f"{PAGE_SERVERS} page servers (notifier pages)"
         what = "every page rendered (NOTIFIER_PAGE_CACHE_SIZE=0)" if cache == "0" else \
             "pages of unchanged orders from memory (the default)"
-        lines.append(f"{served}, {what}, {concurrency} lookups in flight: p50 {got['p50']:.1f} ms, "
-                     f"p99 {got['p99']:.1f} ms, {got['rate']:,.0f} lookups/s")
+        line = (f"{served}, {what}, {concurrency} lookups in flight: p50 {got['p50']:.1f} ms, "
+                f"p99 {got['p99']:.1f} ms, {got['rate']:,.0f} lookups/s")
+        if then := warm.get((who, cache)):
+            line += (f"; the next {seconds:g} s, the pages drawn: p50 {then['p50']:.1f} ms, "
+                     f"p99 {then['p99']:.1f} ms, {then['rate']:,.0f} lookups/s")
+        lines.append(line)
+    runs = [*figures.values(), *warm.values()]
     lines.append(f"{len(paths):,} orders looked up by order number and email, {seconds:g} s each run, "
-                 f"from a cold page cache; lookups not answered 200: "
-                 f"{sum(f['failed'] for f in figures.values())} of {sum(f['count'] for f in figures.values()):,}")
+                 f"each setup from a cold page cache; lookups not answered 200: "
+                 f"{sum(f['failed'] for f in runs)} of {sum(f['count'] for f in runs):,}")
     for line in lines:
         print(line)
     write_block(PROJECT_ROOT / "docs" / "performance.md", "bench:page", "Tracking page",

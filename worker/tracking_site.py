@@ -183,8 +183,9 @@ class LookupPage:
     def _html(self, locale: str, *, form: dict[str, str] | None = None,
               view: dict[str, Any] | None = None, message: str = "", timezone: str = "UTC",
               query: Any = None, inbox: list[dict[str, Any]] | None = None) -> str:
-        keep = {k: v for k, v in (query or {}).items() if k in ("t", "order", "email", "phone4")}
-        switch = {code: "/track?" + urlencode({**keep, "lang": code}) for code, _ in LANGUAGES}
+        kept = urlencode({k: v for k, v in (query or {}).items() if k in ("t", "order", "email", "phone4")})
+        switch = {code: f"/track?{kept}&lang={code}" if kept else f"/track?lang={code}"
+                  for code, _ in LANGUAGES}
         return page("track.html.j2", locale, timezone, {
             "view": view, "form": {"order": "", "email": "", **(form or {})},
             "message": translate(locale, message) if message else "",
