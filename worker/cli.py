@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                                "truth, print the figures and write them to docs/prediction.md")
     bench = commands.add_parser("bench", help="throughput and latency figures, written to "
                                 "docs/performance.md")
-    bench.add_argument("scenario", choices=["senders", "page", "worker"],
+    bench.add_argument("scenario", choices=["senders", "page", "worker", "naive"],
                        help="senders: notifications a second; page: tracking-page lookups; "
-                            "worker: the stream worker against a raw pipe, and memory an order")
+                            "worker: the stream worker against a raw pipe, and memory an order; "
+                            "naive: a bare Faust agent on the same stream, for scale")
     bench.add_argument("--backlog", type=int, default=20_000, help="senders: notifications queued at once")
     bench.add_argument("--rate", type=float, default=500, help="senders: steady notifications per second")
     bench.add_argument("--seconds", type=float, default=20, help="how long the steady run lasts")
@@ -166,6 +167,10 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         from worker import bench_worker
 
         return bench_worker.run(settings, args.events, args.active)
+    if args.scenario == "naive":
+        from worker import bench_naive
+
+        return bench_naive.run(settings, args.events)
     return bench.run(settings, args.backlog, args.rate, args.seconds)
 
 
