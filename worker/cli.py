@@ -46,16 +46,17 @@ def main(argv: list[str] | None = None) -> int:
                                "truth, print the figures and write them to docs/prediction.md")
     bench = commands.add_parser("bench", help="throughput and latency figures, written to "
                                 "docs/performance.md")
-    bench.add_argument("scenario", choices=["senders", "page", "worker", "naive"],
+    bench.add_argument("scenario", choices=["senders", "page", "worker", "naive", "domain"],
                        help="senders: notifications a second; page: tracking-page lookups; "
                             "worker: the stream worker against a raw pipe, and memory an order; "
-                            "naive: a bare Faust agent on the same stream, for scale")
+                            "naive: a bare Faust agent on the same stream, for scale; "
+                            "domain: the decision code alone on that stream, without Kafka")
     bench.add_argument("--backlog", type=int, default=20_000, help="senders: notifications queued at once")
     bench.add_argument("--rate", type=float, default=500, help="senders: steady notifications per second")
     bench.add_argument("--seconds", type=float, default=20, help="how long the steady run lasts")
     bench.add_argument("--orders", type=int, default=2_000, help="page: orders to look up")
     bench.add_argument("--concurrency", type=int, default=200, help="page: lookups in flight")
-    bench.add_argument("--events", type=int, default=100_000, help="worker: events in the stream")
+    bench.add_argument("--events", type=int, default=100_000, help="worker, naive, domain: events in the stream")
     bench.add_argument("--active", type=lambda v: [int(n) for n in v.split(",")],
                        default=[100_000, 1_000_000], help="worker: active orders to measure memory at")
     soak = commands.add_parser("soak", help="the whole product at a steady rate for a while: memory, "
@@ -171,6 +172,10 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         from worker import bench_naive
 
         return bench_naive.run(settings, args.events)
+    if args.scenario == "domain":
+        from worker import bench_domain
+
+        return bench_domain.run(settings, args.events)
     return bench.run(settings, args.backlog, args.rate, args.seconds)
 
 

@@ -1,0 +1,63 @@
+"""``notifier bench domain``: the decision code alone, on the worker benchmark's stream.
+
+No broker, no Faust, no decoding: the stream of ``notifier bench worker`` (cut at
+``--events``) as Python objects, through (1) the order and lane stages' pure code as
+:class:`worker.replay.Replay` runs it (order state, rules, wake-ups, lanes, addresses), then
+(2) the customer stage's decisions for the intents that came out (preferences, channel
+choice, holds) and the rendering of every message to its channel. Prints events a second
+for each and for both: the most a one-process worker running this code could do on this
+machine, whatever the framework around it (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime
+
+from worker import simulate
+from worker.bench_worker import START
+from worker.domain import customer
+from worker.render import catalog_locale, for_channel, render
+from worker.replay import Replay
+from worker.settings import Settings
+from worker.stream import load_rules
+
+
+def run(settings: Settings, events: int) -> int:
+    rules = load_rules(settings)
+    records = list(itertools.islice(
+        simulate.stories(settings, count=max(1, events // 12), seed=2026, start=START, days=14), events))
+    started = time.perf_counter()
+    outcome = Replay(rules).run(records)
+    orders_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    customers: dict[str, customer.CustomerState] = {}
+    for record in records:
+        if record.event_type == "customer.preferences_updated":
+            state = customers.setdefault(record.key, customer.CustomerState(record.key))
+            customer.update_preferences(state, record.data, record.time)
+    rendered = 0
+    for intent in outcome.intents:
+        now = datetime.fromisoformat(intent.created_at)
+        state = customers.setdefault(intent.customer_id, customer.CustomerState(intent.customer_id))
+        customer.prune(state, now, rules)
+        for action in customer.decide(state, intent, now, rules, settings.webhook_url):
+            for route in getattr(action, "routes", ()):
+                facts = {**intent.facts, "order_id": intent.order_id, "tracking_url": "https://t.example/c/x"}
+                locale = catalog_locale(route.locale, rules.fallback_locale)
+                content = render(intent.kind, locale, route.timezone, facts, whole=route.channel == "email")
+                for_channel(route.channel, content, intent.order_id, facts["tracking_url"],
+                            settings.wechat_template_id)
+                rendered += 1
+    customers_seconds = time.perf_counter() - started
+
+    n = len(records)
+    print(f"{n:,} events, {len(outcome.intents):,} intents, {rendered:,} messages rendered")
+    print(f"(1) order and lane stages: {orders_seconds:.1f} s, {n / orders_seconds:,.0f} events/s")
+    print(f"(2) customer stage and rendering: {customers_seconds:.1f} s, "
+          f"{n / customers_seconds:,.0f} events/s of the stream")
+    total = orders_seconds + customers_seconds
+    print(f"both: {total * 1e6 / n:,.0f} us an event, {n / total:,.0f} events/s")
+    return 0
