@@ -56,6 +56,9 @@ def test_a_delivered_parcel_teaches_silences_per_leg_and_time_left_per_milestone
     lesson = lanes.journey(parcel)
     assert lesson["gaps"] == {"PICKED_UP": [10 * HOUR], "IN_TRANSIT": [24 * HOUR, 14 * HOUR]}
     assert lesson["remaining"] == {"PICKED_UP": [48 * HOUR], "IN_TRANSIT": [38 * HOUR]}
+    # With its label (order.shipped), also the time left from the hand-over.
+    parcel.label_at = "2026-11-01T18:00:00+00:00"
+    assert lanes.journey(parcel)["remaining"]["LABEL_CREATED"] == [54 * HOUR]
 
 
 def figures_with(leg: str, seconds: float, count: int = 40, part: str = "gaps") -> dict:

@@ -98,6 +98,21 @@ def test_stall_alerts_follow_their_published_schema():
         jsonschema.validate(alert.data(), schemas.load(alert.type))
 
 
+def test_a_parcel_handed_over_late_is_warned_at_its_label_before_any_scan():
+    # The lane takes 40 h from the label: a label at 60 h cannot make a promise of 72 h.
+    promise = {"promised_delivery_by": at(72).isoformat()}
+    lane = lanes_of(remaining={"LABEL_CREATED": 40, "PICKED_UP": 36})
+    steps = [created(0, **promise), paid(0.1), shipped(60), scan(66, "PICKED_UP")]
+    told = run(*story(*steps, until=70), through_customer=False, lanes=lane)
+    [notice] = [i for i in told.intents if i.kind == "delay_notice"]
+    assert notice.created_at == at(60).isoformat()
+    assert at(96).isoformat() <= notice.facts["expected_delivery"] <= at(104).isoformat()  # 60 + 40 h
+    # Handed over in time: no notice from the label.
+    steps = [created(0, **promise), paid(0.1), shipped(20)]
+    told = run(*story(*steps, until=24), through_customer=False, lanes=lane)
+    assert "delay_notice" not in told.kinds()
+
+
 def test_a_long_silence_slides_the_prediction_past_the_promise():
     # On time at the pickup (21 + 30 = 51 h, promise 72 h); then silence. At the stall
     # (48 h later) everything ahead has slid by 48 h: expected at 99 h, two days late.

@@ -25,6 +25,8 @@ INCIDENT_BASELINE_DAYS = 7  # days of a lane's history before it can have an inc
 # Legs in which a parcel is moving and silence means something. A parcel waiting at a
 # pickup point or after a failed attempt waits for its customer, not its carrier.
 MOVING = ("PICKED_UP", "IN_TRANSIT", "CUSTOMS", "ARRIVED_AT_DESTINATION", "OUT_FOR_DELIVERY")
+# The time left is learned from the label too: a parcel handed over late is late from then.
+LABEL = "LABEL_CREATED"
 Figures = Mapping[str, Any]  # {"gaps": {leg: histogram}, "remaining": {milestone: histogram}}
 
 
@@ -109,6 +111,8 @@ def journey(parcel: Shipment, days_off: Sequence[int] = ()) -> dict[str, dict[st
         if milestone in MOVING and (delivered is None or at < delivered):
             gaps.setdefault(milestone, []).append(_seconds(at, later))
     remaining: dict[str, list[float]] = {}
+    if delivered and parcel.label_at and parcel.label_at <= delivered:
+        remaining[LABEL] = [working_seconds(parcel.label_at, delivered, days_off)]
     if delivered:
         for milestone in MOVING:
             reached = parcel.times(milestone)
@@ -207,6 +211,16 @@ def working_seconds(start: str, end: str, non_working: Sequence[int]) -> float:
             total += step.total_seconds()
         at += step
     return total
+
+
+def starting_point(parcel: Shipment) -> tuple[str, str] | None:
+    """Where a parcel's prediction starts: the milestone it is moving in and when it got
+    there; before any scan, its label (handed over, not picked up yet). None otherwise."""
+    if parcel.scans and parcel.milestone in MOVING:
+        return parcel.milestone, parcel.times(parcel.milestone)[0]
+    if not parcel.scans and parcel.label_at:
+        return LABEL, parcel.label_at
+    return None
 
 
 def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,

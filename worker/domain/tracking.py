@@ -14,7 +14,7 @@ from typing import Any
 
 from worker.domain.clock import stamp
 from worker.domain.due import plus, seconds_between
-from worker.domain.lanes import MOVING, lane_keys, predict
+from worker.domain.lanes import lane_keys, predict, starting_point
 from worker.domain.milestones import RANK
 from worker.domain.order import LaneLookup, OrderState, no_lanes
 from worker.domain.rules import Rules
@@ -99,10 +99,8 @@ def _expected(state: OrderState, p: Shipment, now: datetime, rules: Rules,
     figures = lanes(lane_keys(p.carrier, p.origin, p.destination))
     days_off = rules.prediction.non_working_days.get(p.carrier, ())
     window = None
-    if p.scans and p.milestone in MOVING:
-        since = p.times(p.milestone)[0]
-        ends = [predict(p.milestone, since, figures, rules.prediction, p.carrier_eta, q, days_off)
-                for q in WINDOW]
+    if start := starting_point(p):
+        ends = [predict(*start, figures, rules.prediction, p.carrier_eta, q, days_off) for q in WINDOW]
         if None not in ends:
             early, late = sorted(e for e in ends if e)
             window = [max(early, stamp(now)), max(late, stamp(now))]

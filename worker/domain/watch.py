@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 from worker.domain.clock import stamp
 from worker.domain.due import Due, plus, seconds_between
 from worker.domain.lanes import (
-    MOVING, Figures, add_working, in_incident, long_silence, predict, stall_after, usual_gap,
+    MOVING, Figures, add_working, in_incident, long_silence, predict, stall_after, starting_point,
+    usual_gap,
 )
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment
@@ -55,14 +56,15 @@ def watch_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules,
                              "threshold_hours": round(after / 3600, 1)})
     order = state.order or {}
     promise = order.get("promised_delivery_by") or p.first_eta
-    if not scans or p.milestone not in MOVING:
+    start = starting_point(p)
+    if start is None:
         return
-    reached = p.times(p.milestone)[0]
-    expected = predict(p.milestone, reached, lanes, pred, p.carrier_eta, days_off=days_off)
+    milestone, reached = start
+    expected = predict(milestone, reached, lanes, pred, p.carrier_eta, days_off=days_off)
     if expected is None:
         return
     if promise and "delay_notice" in on:
-        sure = predict(p.milestone, reached, lanes, pred, p.carrier_eta, pred.delay_confidence, days_off)
+        sure = predict(milestone, reached, lanes, pred, p.carrier_eta, pred.delay_confidence, days_off)
         notice = _delay_notice(state, p, stamp(promise), reached, expected, sure or expected, rules)
         if notice is None and stall:
             # A stall: the lane's past stalls in this leg say how long it will last.
