@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--orders", type=int, default=2_000, help="page: orders to look up")
     bench.add_argument("--concurrency", type=int, default=200, help="page: lookups in flight")
     bench.add_argument("--events", type=int, default=100_000, help="worker, naive, domain: events in the stream")
-    bench.add_argument("--active", type=lambda v: [int(n) for n in v.split(",")],
+    bench.add_argument("--active", type=_counts,
                        default=[100_000, 1_000_000], help="worker: active orders to measure memory at")
     soak = commands.add_parser("soak", help="the whole product at a steady rate for a while: memory, "
                                "lag and latency over time (docs/soak.png, docs/performance.md)")
@@ -155,6 +155,17 @@ def run_pages(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     asyncio.run(topics.wait_for_broker(settings, what="pages"))
     return page_server.run(settings, args.processes)
+
+
+def _counts(value: str) -> list[int]:
+    """``--active 100000,1000000``: positive whole numbers, comma-separated."""
+    try:
+        counts = [int(n) for n in value.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected positive counts, such as 1000,10000")
+    return counts
 
 
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:
