@@ -35,6 +35,7 @@ test-faults: install broker-jars
 bench: install broker-jars
 	@command -v wrk >/dev/null || { echo "Installing Debian's wrk (the page benchmark's load generator)..."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/notifier bench domain
 	$(BIN)/notifier bench worker
 	$(BIN)/notifier bench senders
 	$(BIN)/notifier bench page

@@ -6,25 +6,28 @@ No broker, no Faust, no decoding: the stream of ``notifier bench worker`` (cut a
 (2) the customer stage's decisions for the intents that came out (preferences, channel
 choice, holds) and the rendering of every message to its channel. Prints events a second
 for each and for both: the most a one-process worker running this code could do on this
-machine, whatever the framework around it (docs/performance.md).
+machine, whatever the framework around it. Writes them to docs/performance.md.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 
 from worker import simulate
+from worker.bench import machine
 from worker.bench_worker import START
 from worker.domain import customer
 from worker.render import catalog_locale, for_channel, render
 from worker.replay import Replay
-from worker.settings import Settings
+from worker.figures import write_block
+from worker.settings import PROJECT_ROOT, Settings
 from worker.stream import load_rules
 
 
-def run(settings: Settings, events: int) -> int:
+def run(settings: Settings, events: int, page: Path = PROJECT_ROOT / "docs" / "performance.md") -> int:
     rules = load_rules(settings)
     records = list(itertools.islice(
         simulate.stories(settings, count=max(1, events // 12), seed=2026, start=START, days=14), events))
@@ -53,11 +56,16 @@ def run(settings: Settings, events: int) -> int:
                 rendered += 1
     customers_seconds = time.perf_counter() - started
 
-    n = len(records)
-    print(f"{n:,} events, {len(outcome.intents):,} intents, {rendered:,} messages rendered")
-    print(f"(1) order and lane stages: {orders_seconds:.1f} s, {n / orders_seconds:,.0f} events/s")
-    print(f"(2) customer stage and rendering: {customers_seconds:.1f} s, "
-          f"{n / customers_seconds:,.0f} events/s of the stream")
-    total = orders_seconds + customers_seconds
-    print(f"both: {total * 1e6 / n:,.0f} us an event, {n / total:,.0f} events/s")
+    n, total = len(records), orders_seconds + customers_seconds
+    lines = [
+        f"{n:,} events, {len(outcome.intents):,} intents, {rendered:,} messages rendered",
+        f"(1) order and lane stages: {orders_seconds:.1f} s, {n / orders_seconds:,.0f} events/s",
+        f"(2) customer stage and rendering: {customers_seconds:.1f} s, "
+        f"{n / customers_seconds:,.0f} events/s of the stream",
+        f"both: {total * 1e6 / n:,.0f} us an event, {n / total:,.0f} events/s",
+    ]
+    print("\n".join(lines))
+    write_block(page, "bench:domain", "Decision code alone",
+                f"`notifier bench domain --events {events}` on {machine()}, {datetime.now(UTC):%Y-%m-%d}:",
+                lines)
     return 0

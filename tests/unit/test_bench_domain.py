@@ -8,8 +8,10 @@ from worker.settings import load
 
 
 def test_the_stream_is_decided_and_rendered_and_rates_printed(capsys, tmp_path):
-    assert bench_domain.run(load({"NOTIFIER_DATA_DIR": str(tmp_path)}), 2000) == 0
+    page = tmp_path / "performance.md"
+    assert bench_domain.run(load({"NOTIFIER_DATA_DIR": str(tmp_path)}), 2000, page) == 0
     out = capsys.readouterr().out
+    assert "notifier bench domain --events 2000" in page.read_text()  # the figures, for the docs
     counts = re.search(r"2,000 events, ([\d,]+) intents, ([\d,]+) messages rendered", out)
     assert counts, out
     intents, rendered = (int(n.replace(",", "")) for n in counts.groups())
