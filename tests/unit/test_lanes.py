@@ -85,6 +85,20 @@ def test_a_carriers_day_off_does_not_count_towards_a_stall():
         "2026-11-08T12:00:00+00:00")
 
 
+def test_a_silence_over_a_day_off_is_learned_without_it():
+    # Scans every 10 h; one silence runs from Saturday 20:00 over Sunday to Monday 06:00.
+    parcel = Shipment("P1", checkpoints=[
+        ["2026-11-07T10:00:00+00:00", "IN_TRANSIT", None],
+        ["2026-11-07T20:00:00+00:00", "IN_TRANSIT", None],
+        ["2026-11-09T06:00:00+00:00", "IN_TRANSIT", None],
+        ["2026-11-09T16:00:00+00:00", "DELIVERED", None],
+    ])
+    # Else a carrier resting on Sundays would teach its lane that 34 h of silence is usual,
+    # and its stalls would be found days late.
+    assert lanes.journey(parcel, (6,))["gaps"] == {"IN_TRANSIT": [10 * HOUR, 10 * HOUR, 10 * HOUR]}
+    assert lanes.journey(parcel)["gaps"] == {"IN_TRANSIT": [10 * HOUR, 34 * HOUR, 10 * HOUR]}
+
+
 def test_prediction_uses_the_lane_median_and_a_later_carrier_estimate():
     lane = figures_with("PICKED_UP", 72 * HOUR, part="remaining")
     predicted = lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES)

@@ -109,7 +109,7 @@ def journey(parcel: Shipment, days_off: Sequence[int] = ()) -> dict[str, dict[st
     gaps: dict[str, list[float]] = {}
     for (at, milestone, *_), (later, *_) in zip(main, main[1:]):
         if milestone in MOVING and (delivered is None or at < delivered):
-            gaps.setdefault(milestone, []).append(_seconds(at, later))
+            gaps.setdefault(milestone, []).append(working_seconds(at, later, days_off))
     remaining: dict[str, list[float]] = {}
     if delivered and parcel.label_at and parcel.label_at <= delivered:
         remaining[LABEL] = [working_seconds(parcel.label_at, delivered, days_off)]

@@ -16,7 +16,7 @@ from worker.domain.clock import stamp
 from worker.domain.due import Due, plus, seconds_between
 from worker.domain.lanes import (
     MOVING, Figures, add_working, in_incident, long_silence, predict, stall_after, starting_point,
-    usual_gap,
+    usual_gap, working_seconds,
 )
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment
@@ -79,14 +79,16 @@ def watch_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules,
         if notice is None and stall:
             # An unusual silence: everything ahead slides by the silence beyond the usual gap.
             unusual = add_working(last, stall_after(leg, lanes, pred, floor=False), days_off)
-            late_from = plus(last, seconds=usual_gap(leg, lanes, pred))
-            slack = seconds_between(sure or expected, plus(stamp(promise), hours=pred.delay_tolerance_hours))
-            at = max(unusual, plus(late_from, seconds=slack + 60))
+            late_from = add_working(last, usual_gap(leg, lanes, pred), days_off)
+            # In the carrier's working time, as silences are learned: a weekend moves nothing.
+            slack = working_seconds(sure or expected, plus(stamp(promise), hours=pred.delay_tolerance_hours),
+                                    days_off)
+            at = max(unusual, add_working(late_from, slack + 60, days_off))
             if in_incident(lanes, stall, pred) and not state.delays.get(sid):
                 at = stall  # the lane is held up: its customers hear it now, once, as a cohort
-            shift = seconds_between(late_from, at)
-            notice = _delay_notice(state, p, stamp(promise), at, plus(expected, seconds=shift),
-                                   plus(sure or expected, seconds=shift), rules,
+            shift = working_seconds(late_from, at, days_off)
+            notice = _delay_notice(state, p, stamp(promise), at, add_working(expected, shift, days_off),
+                                   add_working(sure or expected, shift, days_off), rules,
                                    cohort=in_incident(lanes, at, pred))
         if notice is not None:
             yield notice
