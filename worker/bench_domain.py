@@ -20,9 +20,9 @@ from worker import simulate
 from worker.bench import machine
 from worker.bench_worker import START
 from worker.domain import customer
+from worker.figures import write_block
 from worker.render import catalog_locale, for_channel, render
 from worker.replay import Replay
-from worker.figures import write_block
 from worker.settings import PROJECT_ROOT, Settings
 from worker.stream import load_rules
 

@@ -102,8 +102,9 @@ def lane_keys(carrier: str, origin: Mapping[str, Any], destination: Mapping[str,
 
 def journey(parcel: Shipment, days_off: Sequence[int] = ()) -> dict[str, dict[str, list[float]]]:
     """What a delivered parcel teaches its lanes: the silences in each moving leg (seconds
-    from a checkpoint to the next), and the time left to delivery from each milestone, in
-    the carrier's working time (its days off left out, so a weekend is not a slow lane)."""
+    from a checkpoint to the next), and the time left to delivery from each milestone and
+    from the label, all in the carrier's working time (its days off left out, so a weekend
+    is neither a slow lane nor a usual silence)."""
     delivered = parcel.delivered_at
     main = [c for c in parcel.checkpoints if c[1] and c[1] not in ("EXCEPTION",)]
     gaps: dict[str, list[float]] = {}
