@@ -86,7 +86,7 @@ class Prediction:
     stalls_per_shipment: int = 2
     delay_tolerance_hours: float = 12
     delay_confidence: float = 0.35  # warn when even this quantile of the time left is late
-    carrier_eta_margin_hours: float = 6  # the carrier's date, less this, is the sure one
+    carrier_eta_margin_hours: float = 5  # the carrier's date, less this, is the sure one
     coupon: Mapping[str, Any] = field(default_factory=dict)  # {code, percent}: vip and high value
     incident_min_stalls: int = 8  # stalls in 24 h on one lane, at least, for an incident
     incident_factor: float = 5  # and this many times the lane's usual stalls a day
