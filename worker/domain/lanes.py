@@ -254,7 +254,3 @@ def usual_gap(leg: str, lanes: Sequence[Figures], rules: Prediction) -> float:
         if histogram.total(gaps) >= rules.min_samples:
             return histogram.quantile(gaps, 0.5) or 0.0
     return 0.0
-
-
-def _seconds(start: str, end: str) -> float:
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
