@@ -11,14 +11,12 @@ machine, whatever the framework around it. Writes them to docs/performance.md.
 
 from __future__ import annotations
 
-import itertools
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker import simulate
 from worker.bench import machine
-from worker.bench_worker import START
+from worker.bench_worker import stream
 from worker.domain import customer
 from worker.figures import write_block
 from worker.render import catalog_locale, for_channel, render
@@ -29,8 +27,7 @@ from worker.stream import load_rules
 
 def run(settings: Settings, events: int, page: Path = PROJECT_ROOT / "docs" / "performance.md") -> int:
     rules = load_rules(settings)
-    records = list(itertools.islice(
-        simulate.stories(settings, count=max(1, events // 12), seed=2026, start=START, days=14), events))
+    records = stream(settings, events)
     started = time.perf_counter()
     outcome = Replay(rules).run(records)
     orders_seconds = time.perf_counter() - started

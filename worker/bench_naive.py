@@ -25,7 +25,7 @@ import faust.streams
 
 from worker import simulate, topics
 from worker.bench import broker_for
-from worker.bench_worker import START, _raw_pipe
+from worker.bench_worker import _raw_pipe, stream
 from worker.settings import Settings, load
 
 FORMS = ("iterate", "table", "send")
@@ -35,8 +35,7 @@ def run(settings: Settings, events: int) -> int:
     with broker_for(settings, "notifier-bench-naive-") as (_, env):
         bench = load(env)
         asyncio.run(topics.ensure(bench))
-        records = list(itertools.islice(
-            simulate.stories(bench, count=max(1, events // 12), seed=2026, start=START, days=14), events))
+        records = stream(bench, events)
         inputs = sorted({r.topic for r in records})
         asyncio.run(simulate.produce(bench, iter(records), progress=False))
         print(f"raw aiokafka pipe: {asyncio.run(_raw_pipe(bench, inputs, len(records))):,.0f} events/s", flush=True)

@@ -51,14 +51,18 @@ ORDER_ID = re.compile(rb"SO\d{8}-\d{9}")
 CUSTOMER_ID = re.compile(rb"CU-\d{5}")
 
 
+def stream(settings: Settings, events: int) -> list[simulate.Record]:
+    """The benchmarks' stream: two weeks of whole order lifecycles, cut at ``events``."""
+    return list(itertools.islice(
+        simulate.stories(settings, count=max(1, events // 12), seed=2026, start=START, days=14), events))
+
+
 def run(settings: Settings, events: int, active: list[int]) -> int:
     with broker_for(settings, "notifier-bench-worker-") as (workdir, env):
         env.update({"NOTIFIER_LOG_LEVEL": "warning", "NOTIFIER_CLOCK": "event"})
         bench = load(env)
         asyncio.run(topics.ensure(bench))
-        records = list(itertools.islice(
-            simulate.stories(bench, count=max(1, events // 12), seed=2026, start=START, days=14),
-            events))
+        records = stream(bench, events)
         inputs = sorted({r.topic for r in records})
         asyncio.run(simulate.produce(bench, iter(records), progress=False))
         print(f"{len(records):,} events written to {', '.join(inputs)}", flush=True)
