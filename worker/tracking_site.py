@@ -68,6 +68,7 @@ SECURITY_HEADERS = {
 }
 HTML_HEADERS = {**SECURITY_HEADERS, "Content-Type": "text/html; charset=utf-8"}
 FOUND = metrics.lookups.labels("found")
+LOOKUP_KEYS = ("t", "order", "email", "phone4")  # what a lookup is asked by; the rest is display
 PAGE_FRESH_SECONDS = 60  # how long a drawn page is shown again to customers refreshing it
 MESSAGES = {  # translated in the catalogs like the templates' strings
     "not_found": "We could not find an order with these details. Check the order number and the "
@@ -161,7 +162,8 @@ class LookupPage:
         messages = await self._inbox(customer_id, order_id)
         view = tracking.view(state, now, self.orders.rules, self.orders.lanes_of)
         html = self._html(_locale(q.get("lang") or view["locale"], request), view=view,
-                          timezone=view["timezone"], query=q, inbox=orjson.loads(messages))
+                          timezone=view["timezone"], query=request.query_string,
+                          inbox=orjson.loads(messages))
         drawn = Drawn(saved, customer_id, messages, html.encode(), now.timestamp())
         self.pages.put(key, drawn)
         return self._found(client, drawn.body)
@@ -182,8 +184,10 @@ class LookupPage:
 
     def _html(self, locale: str, *, form: dict[str, str] | None = None,
               view: dict[str, Any] | None = None, message: str = "", timezone: str = "UTC",
-              query: Any = None, inbox: list[dict[str, Any]] | None = None) -> str:
-        kept = urlencode({k: v for k, v in (query or {}).items() if k in ("t", "order", "email", "phone4")})
+              query: str = "", inbox: list[dict[str, Any]] | None = None) -> str:
+        # The language links keep what opened the page (the client's own encoding: the
+        # template escapes it), without a decoding and encoding of it on every page.
+        kept = "&".join(part for part in query.split("&") if part.split("=", 1)[0] in LOOKUP_KEYS)
         switch = {code: f"/track?{kept}&lang={code}" if kept else f"/track?lang={code}"
                   for code, _ in LANGUAGES}
         return page("track.html.j2", locale, timezone, {

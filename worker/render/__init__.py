@@ -8,6 +8,7 @@ One template per kind under ``templates/``, each with the blocks ``subject``,
 from __future__ import annotations
 
 import functools
+import json
 import re
 import gettext
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from zoneinfo import ZoneInfo
 import jinja2
 from babel import Locale, dates, numbers
 from babel.messages.pofile import read_po
+from jinja2.ext import Extension
 from markupsafe import Markup
 
 from worker.domain.sms import segments
 
 HERE = Path(__file__).resolve().parent
 CATALOGS = ("en", "zh_CN", "zh_TW")
+_WORD = re.compile(r'\bw\["([^"]*)"\]')  # a fixed string of a page: see _FixedWords
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")
 # Kinds with a template of their own; the others share _notice.j2 (pages and partials aside).
 _OWN_TEMPLATE = frozenset(p.stem for p in (HERE / "templates").glob("[a-z]*.j2") if p.stem.isidentifier())
@@ -85,7 +88,10 @@ def render(kind: str, locale: str, timezone: str, facts: dict[str, Any], *,
 def page(template: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
     """A web page (the tracking page) in the catalog ``locale``, times in ``timezone``."""
     env = _environment(locale, timezone, True)
-    return env.get_template(template).render(context, locale=locale)
+    page = env.get_template(template)
+    # The context as Jinja would build it, without copying its globals through a ChainMap:
+    # a tenth of a page's render.
+    return "".join(page.root_render_func(page.new_context({**env.globals, **context}, shared=True)))
 
 
 def translate(locale: str, message: str) -> str:
@@ -129,7 +135,7 @@ def _environment(locale: str, timezone: str, html: bool) -> jinja2.Environment:
     """One environment per language, zone and output kind; HTML output is autoescaped."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
-        extensions=["jinja2.ext.i18n"],
+        extensions=["jinja2.ext.i18n", _FixedWords],
         autoescape=html,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -148,22 +154,19 @@ def _environment(locale: str, timezone: str, html: bool) -> jinja2.Environment:
     )
     env.filters["carrier"] = lambda slug: CARRIER_NAMES.get(slug, {}).get(
         locale, CARRIER_NAMES.get(slug, {}).get("en", slug))
-    env.globals["locale"] = locale
-    env.globals["w"] = _Words(_translations(locale))
+    env.globals["locale"], env.globals["lang"] = locale, locale.replace("_", "-")
     return env
 
 
-class _Words(dict[str, str]):
-    """``w["Tracking history"]``: a fixed string, translated once per language (a page
-    renders thousands of times; the i18n extension's ``_()`` costs a call each time)."""
+class _FixedWords(Extension):
+    """``w["Tracking history"]`` in a page's template: a fixed string, translated when the
+    template is compiled, once per language. The compiled page then holds the words as
+    text, already escaped, instead of looking each up and escaping it on every render (a
+    page renders thousands of times; the i18n extension's ``_()`` costs a call each time)."""
 
-    def __init__(self, translations: gettext.NullTranslations) -> None:
-        super().__init__()
-        self.translations = translations
-
-    def __missing__(self, message: str) -> str:
-        self[message] = self.translations.gettext(message)
-        return self[message]
+    def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
+        words = _translations(self.environment.globals["locale"])
+        return _WORD.sub(lambda m: json.dumps(words.gettext(m.group(1)), ensure_ascii=False), source)
 
 
 def _zone(name: str) -> ZoneInfo:
