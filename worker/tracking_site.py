@@ -113,6 +113,8 @@ class LookupPage:
         self.guesses = Buckets(settings.lookups_per_minute, settings.lookups_per_minute)
         # Drawn pages, by the order and the request.
         self.pages = Recent[Drawn](settings.page_cache_size)
+        for code, _ in LANGUAGES:  # compiled now, rather than by the first customers' lookups
+            self._html(catalog_locale(code), form={})
 
     async def track(self, request: web.Request) -> web.Response:
         q = request.query

@@ -204,7 +204,7 @@ def test_the_notification_link_opens_the_page_and_counts_a_click(site):
 def test_a_customer_follows_the_split_order_in_a_browser(site):
     """Headless Chromium (Debian's) on the real page: the form, both parcels' progress and
     timelines, the language switch, the signed link; screenshots kept in tests/artifacts/."""
-    from babel.dates import format_datetime
+    from babel.dates import format_date, format_time
     from playwright.sync_api import sync_playwright
     from zoneinfo import ZoneInfo
 
@@ -232,8 +232,9 @@ def test_a_customer_follows_the_split_order_in_a_browser(site):
             timeline = first.locator("ol.timeline li")
             assert [li.get_attribute("data-milestone") for li in timeline.all()] == [m for m, _ in scans]
             for li, (_, hours) in zip(timeline.all(), scans):
-                local = format_datetime(NOW + timedelta(hours=hours), "medium", tzinfo=shanghai, locale="zh_CN")
-                assert li.locator("time").inner_text() == local  # the customer's own timezone
+                at = (NOW + timedelta(hours=hours)).astimezone(shanghai)  # the customer's own timezone
+                local = f'{format_date(at, "medium", locale="zh_CN")} {format_time(at, "short", locale="zh_CN")}'
+                assert li.locator("time").inner_text() == local  # to the minute
             assert "上海" in first.inner_text() or "Shanghai" in first.inner_text()
             assert "包裹 2 / 2" in second.inner_text()
             assert "预计送达" in first.locator("p.expected").inner_text()
