@@ -46,6 +46,14 @@ def test_english_confirmation_has_dates_in_the_customer_zone():
     assert "Expected delivery by November 5, 2026." in content.text
 
 
+def test_customers_of_one_language_each_see_their_own_zone():
+    # 2026-11-05T22:00+08:00 is already 6 November on Kiritimati (UTC+14). One language
+    # shares its templates across zones: each render keeps its own.
+    for zone, day in (("Pacific/Kiritimati", "November 6"), ("America/Los_Angeles", "November 5"),
+                      ("Pacific/Kiritimati", "November 6")):
+        assert f"Expected delivery by {day}, 2026." in render("order_confirmed", "en", zone, FACTS).text
+
+
 def test_html_escapes_what_customers_typed():
     facts = {**FACTS, "customer": {**FACTS["customer"], "name": "<script>x</script>"}}
     content = render("order_confirmed", "en", "UTC", facts)
