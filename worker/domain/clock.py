@@ -20,6 +20,12 @@ def stamp(value: str | datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
+def arrival(moment: datetime) -> str:
+    """When an input arrived, in UTC to the millisecond: latencies are measured from it,
+    and whole seconds would add up to one to each."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
 @dataclass(slots=True)
 class Clock:
     event_mode: bool

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from worker.domain.clock import stamp
+from worker.domain.clock import arrival, stamp
 from worker.domain.due import Due, plus
 from worker.domain.lanes import Figures, Lesson, lane_keys, lesson, stalled
 from worker.domain.plain import plain
@@ -171,7 +171,7 @@ def apply(state: OrderState | None, event: Envelope, *, received_at: datetime,
             state.unknown_statuses += 1
             return Applied(state, unknown_status=reading.raw_code)
     state.caused_by[trigger] = event.id
-    state.received_at[trigger] = stamp(received_at)
+    state.received_at[trigger] = arrival(received_at)
     return Applied(state)
 
 
