@@ -37,6 +37,7 @@ bench: install broker-jars
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	$(BIN)/notifier bench domain
 	$(BIN)/notifier bench worker
+	$(BIN)/notifier bench latency
 	$(BIN)/notifier bench senders
 	$(BIN)/notifier bench page
 

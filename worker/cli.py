@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                                "truth, print the figures and write them to docs/prediction.md")
     bench = commands.add_parser("bench", help="throughput and latency figures, written to "
                                 "docs/performance.md")
-    bench.add_argument("scenario", choices=["senders", "page", "worker", "naive", "domain"],
+    bench.add_argument("scenario", choices=["senders", "page", "worker", "latency", "naive", "domain"],
                        help="senders: notifications a second; page: tracking-page lookups; "
                             "worker: the stream worker against a raw pipe, and memory an order; "
+                            "latency: input to dispatch command at steady rates, wall clock; "
                             "naive: a bare Faust agent on the same stream, for scale; "
                             "domain: the decision code alone on that stream, without Kafka")
     bench.add_argument("--backlog", type=int, default=20_000, help="senders: notifications queued at once")
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--events", type=int, default=100_000, help="worker, naive, domain: events in the stream")
     bench.add_argument("--active", type=_counts,
                        default=[100_000, 1_000_000], help="worker: active orders to measure memory at")
+    bench.add_argument("--rates", type=_counts, default=[20, 200, 2_000],
+                       help="latency: input events a second, one run each")
     soak = commands.add_parser("soak", help="the whole product at a steady rate for a while: memory, "
                                "lag and latency over time (docs/soak.png, docs/performance.md)")
     soak.add_argument("--minutes", type=float, default=10, help="how long the stream goes in")
@@ -179,6 +182,10 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         from worker import bench_worker
 
         return bench_worker.run(settings, args.events, args.active)
+    if args.scenario == "latency":
+        from worker import bench_latency
+
+        return bench_latency.run(settings, args.rates, args.seconds)
     if args.scenario == "naive":
         from worker import bench_naive
 

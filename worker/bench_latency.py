@@ -1,0 +1,138 @@
+"""``notifier bench latency``: from an input to its dispatch command, at a steady rate.
+
+For each rate, a fresh worker (the wall clock, as in production; topics of its own) is fed
+the simulator's stream (whole order lifecycles with their tracking and preferences, placed
+over the last day) at that rate for ``seconds``. Then, for every notification an input sets
+off at once (a payment, a scan out for delivery, a delivery: ``AT_ONCE``), the time from the
+input's record to the dispatch command's record, both as their producers stamped them:
+queueing in the broker and behind a backlog counts. A rate the worker cannot take shows as
+a growing backlog: the latency grows with the run, and the inputs still unread when it
+ends are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from worker import simulate, topics
+from worker.bench import broker_for, machine
+from worker.bench_worker import WorkerProcess, _committed
+from worker.figures import write_block
+from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
+from worker.soak import AT_ONCE
+
+DRAIN_SECONDS = 30  # after the last input, how long the worker may take to catch up
+
+
+def run(settings: Settings, rates: list[int], seconds: float) -> int:
+    lines = []
+    with broker_for(settings, "notifier-bench-latency-") as (workdir, env):
+        env.update(NOTIFIER_LOG_LEVEL="warning", NOTIFIER_CLOCK="wall")
+        for rate in rates:
+            # Each rate on topics and a consumer group of its own: nothing left from the last.
+            run_env = {**env, "NOTIFIER_APP_ID": f"bench-latency-{rate}-{int(time.time())}",
+                       **{f"NOTIFIER_TOPIC_{f.name.upper()}": f"latency{rate}.{f.default}"
+                          for f in dataclasses.fields(Topics)}}
+            bench = load(run_env)
+            asyncio.run(topics.ensure(bench))
+            total = int(rate * seconds)
+            # A day's orders hold about five events each so far: enough orders for the run.
+            records = list(itertools.islice(simulate.stories(
+                bench, count=max(1, total // 3), seed=2026, start=datetime.now(UTC) - timedelta(days=1),
+                days=1), total))
+            worker = WorkerProcess(run_env, workdir, run_env["NOTIFIER_APP_ID"])
+            try:
+                worker.ready()
+                print(f"{len(records):,} events at {rate:,}/s...", flush=True)
+                asyncio.run(simulate.produce(bench, iter(records), rate=rate, progress=False))
+                inputs = sorted({r.topic for r in records})
+                try:
+                    asyncio.run(_committed(bench, run_env["NOTIFIER_APP_ID"], inputs, timeout=DRAIN_SECONDS))
+                    behind = 0
+                except TimeoutError:
+                    behind = asyncio.run(_unread(bench, run_env["NOTIFIER_APP_ID"], inputs))
+            finally:
+                worker.stop()
+            got = asyncio.run(_latencies(bench))
+            line = (f"{rate:,} events/s for {seconds:g} s ({len(records):,} events), wall clock: "
+                    f"{len(got):,} notifications set off at once, input to dispatch command "
+                    f"p50 {_quantile(got, 0.5):,.0f} ms, p99 {_quantile(got, 0.99):,.0f} ms")
+            line += (f"; {behind:,} inputs still unread {DRAIN_SECONDS} s after the last" if behind
+                     else "; every input read")
+            print(line, flush=True)
+            lines.append(line)
+    write_block(PROJECT_ROOT / "docs" / "performance.md", "bench:latency", "Latency",
+                f"`notifier bench latency --rates {','.join(map(str, rates))} --seconds {seconds:g}` "
+                f"on {machine()}, {datetime.now(UTC):%Y-%m-%d}:", lines)
+    return 0
+
+
+async def _latencies(settings: Settings) -> list[float]:
+    t = settings.topics
+    return at_once_latencies(await _read([t.orders, t.tracking, *(t.dispatch(c) for c in CHANNELS)], settings),
+                             inputs={t.orders, t.tracking})
+
+
+def at_once_latencies(records: list[Any], inputs: set[str]) -> list[float]:
+    """Milliseconds from each at-once notification's latest cause (a record on one of the
+    ``inputs`` topics) to its dispatch command (any other record), sorted."""
+    produced: dict[str, int] = {}  # input ce_id -> its record's timestamp
+    commands: list[tuple[int, dict[str, Any]]] = []
+    for record in records:
+        if record.topic in inputs:
+            produced[dict(record.headers).get("ce_id", b"").decode()] = record.timestamp
+        else:
+            commands.append((record.timestamp, orjson.loads(record.value)))
+    latencies = []
+    for dispatched, command in commands:
+        causes = [produced[c] for c in command["caused_by"] if c in produced]
+        if command["kind"] in AT_ONCE and causes:
+            latencies.append(float(dispatched - max(causes)))
+    return sorted(latencies)
+
+
+async def _read(names: list[str], settings: Settings) -> list[Any]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(n, p) for n in names for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while sum(ends.values()) > len(records):
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                records += batch
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _unread(settings: Settings, group: str, inputs: list[str]) -> int:
+    """Records of ``inputs`` past ``group``'s committed offsets."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(n, p) for n in inputs for p in range(settings.partitions)]
+        committed = await admin.list_consumer_group_offsets(group)
+        ends = await consumer.end_offsets(partitions)
+        return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
