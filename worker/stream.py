@@ -340,7 +340,8 @@ class Pipeline:
         again = decided is not None and allowed <= decided
         # Decided that far already, unless orders due by then were read since: under the
         # event clock a pass may have judged the partition read to its end from a fetch
-        # that had not brought its last records yet, and no later tick may come.
+        # that had not brought its last records yet, and no later tick may come; under the
+        # wall clock an input decided at once comes in a second already decided.
         if again and not self.order_wakeups.any_due(partition, allowed):
             return
         woken: dict[str, order.OrderState | None] = {}

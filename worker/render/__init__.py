@@ -193,7 +193,7 @@ class _FixedWords(Extension):
         return _WORD.sub(lambda m: json.dumps(words.gettext(m.group(1)), ensure_ascii=False), source)
 
 
-@functools.cache
+@functools.lru_cache(1024)  # names come with the customers: bounded
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
