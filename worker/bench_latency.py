@@ -21,14 +21,13 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from worker import simulate, topics
 from worker.bench import broker_for, machine
 from worker.bench_worker import WorkerProcess, _committed
 from worker.figures import write_block
 from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
-from worker.soak import AT_ONCE
+from worker.soak import AT_ONCE, _lag
 
 DRAIN_SECONDS = 30  # after the last input, how long the worker may take to catch up
 
@@ -59,7 +58,7 @@ def run(settings: Settings, rates: list[int], seconds: float) -> int:
                     asyncio.run(_committed(bench, run_env["NOTIFIER_APP_ID"], inputs, timeout=DRAIN_SECONDS))
                     behind = 0
                 except TimeoutError:
-                    behind = asyncio.run(_unread(bench, run_env["NOTIFIER_APP_ID"], inputs))
+                    behind = asyncio.run(_lag(bench, run_env["NOTIFIER_APP_ID"], inputs))
             finally:
                 worker.stop()
             got = asyncio.run(_latencies(bench))
@@ -116,22 +115,6 @@ async def _read(names: list[str], settings: Settings) -> list[Any]:
         return records
     finally:
         await consumer.stop()
-
-
-async def _unread(settings: Settings, group: str, inputs: list[str]) -> int:
-    """Records of ``inputs`` past ``group``'s committed offsets."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers)
-    await admin.start()
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(n, p) for n in inputs for p in range(settings.partitions)]
-        committed = await admin.list_consumer_group_offsets(group)
-        ends = await consumer.end_offsets(partitions)
-        return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 def _quantile(values: list[float], q: float) -> float:
