@@ -137,8 +137,8 @@ async def serve(settings: Settings, rules: Rules) -> None:
                                  return_when=asyncio.FIRST_COMPLETED)
     if following in done:
         following.result()  # it failed before catching up: say why
+    lookups = LookupPage(settings, replica)  # its templates compiled, then frozen with the rest
     runtime.settle()
-    lookups = LookupPage(settings, replica)
     app = web.Application()
     app.router.add_get("/track", lookups.track)
     app.router.add_get("/healthz", lambda _: _json({"ok": True, "pid": os.getpid()}))
