@@ -180,17 +180,9 @@ class Pipeline:
         async for event in self._in_turn(stream):
             await self._guarded(event, self._on_order_input, "order")
             m = event.message
-            at_once = not self.settings.event_clock and self._read_to_end(m)
-            if at_once:
-                # Under the wall clock with nothing more to read, this input is all there is:
-                # decided on now, not at the partition's next tick (up to a second away).
-                # Behind a backlog the ticks' passes take many inputs at once.
-                reached = order.known_from(_wall_now())
-                self.tick_target[m.partition] = max(reached, self.tick_target.get(m.partition, reached))
             if m.topic == orders:
                 # Read, good or dead-lettered: the partition's decisions may go further.
                 self.orders_read[m.partition] = (m.offset, self.orders_read.get(m.partition, (0, None))[1])
-            if m.topic == orders or at_once:
                 await self._guarded(event, lambda e: self._decide_until_tick(e.message.partition), "order")
 
     async def _customer_stage(self, stream: faust.StreamT) -> None:
@@ -309,7 +301,7 @@ class Pipeline:
         if change := applied.state.active_parcels - active_before:
             key = str(m.partition).encode()
             self.active_counts[key] = str(int(self.active_counts.get(key, b"0")) + change).encode()
-        # Decided on at the partition's next tick, or at once (_order_stage).
+        # Decided on at the partition's next tick.
         self.order_wakeups.set(m.partition, order_id, applied.state.wake_at)
         if envelope.type in risk.TOLD_BY:  # after the writes: nothing is written past an await
             # Not waited for: the commit after this event waits for the producer (fix 2).
@@ -340,9 +332,8 @@ class Pipeline:
         again = decided is not None and allowed <= decided
         # Decided that far already, unless orders due by then were read since: under the
         # event clock a pass may have judged the partition read to its end from a fetch
-        # that had not brought its last records yet, and no later tick may come; under the
-        # wall clock an input decided at once comes in a second already decided.
-        if again and not self.order_wakeups.any_due(partition, allowed):
+        # that had not brought its last records yet, and no later tick may come.
+        if again and not (self.settings.event_clock and self.order_wakeups.any_due(partition, allowed)):
             return
         woken: dict[str, order.OrderState | None] = {}
         acks: list[Awaitable[Any]] = []
@@ -364,14 +355,6 @@ class Pipeline:
         """What a pass published is acknowledged, and the partition still this worker's."""
         await asyncio.gather(*acks)
         self._still_ours()
-
-    def _read_to_end(self, message: Any) -> bool:
-        """Is ``message`` the last record of its partition, as far as the last fetch knows?"""
-        try:
-            highwater = self.app.consumer.highwater(TP(message.topic, message.partition))
-        except Exception:  # noqa: BLE001 - not fetched yet, or not assigned here
-            return False
-        return highwater is not None and message.offset + 1 >= highwater
 
     def _orders_caught_up(self, partition: int, offset: int | None) -> bool:
         """Read to the end of the orders partition, as far as the last fetch knows."""

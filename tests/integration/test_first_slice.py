@@ -90,23 +90,6 @@ def test_orders_become_exactly_one_confirmation_each(stack):
     assert stack.processes["worker"].poll() is None, "the worker must survive bad input"
 
 
-def test_under_the_wall_clock_a_payment_is_told_without_waiting_for_the_next_tick(stack):
-    # Ticks an hour apart: only a decision taken as the payment is read can send anything.
-    stack.without_quiet_hours()
-    settings = settings_module.load(stack.env)
-    stack.start("sinks")
-    stack.start("worker", NOTIFIER_TICK_SECONDS="3600")
-    stack.start("senders")
-    stack.wait_ready()
-    records = list(simulate.orders(settings, count=3, seed=5, start=datetime.now(UTC) - timedelta(minutes=6),
-                                   spacing=timedelta(0)))
-    for record in records:  # one at a time, as a shop's checkout sends them
-        asyncio.run(produce(settings.kafka_bootstrap, [(record.topic, record.key.encode(), *record.encoded())]))
-    assert wait_for(lambda: len(stack.outbox_entries()) >= 3, timeout=60), stack.log("worker")[-3000:]
-    assert {e["request"]["notification_id"] for e in stack.outbox_entries()} == {
-        notification_id(r.key, "order_confirmed") for r in records}
-
-
 def test_worker_against_a_broker_that_is_down_says_so_and_retries(stack):
     from worker.broker import free_port
 
