@@ -14,4 +14,3 @@ def example(name: str) -> dict:
 def record(name: str) -> tuple[bytes, bytes, dict[str, bytes]]:
     e = example(name)
     return e["key"].encode(), orjson.dumps(e["value"]), {k: v.encode() for k, v in e["headers"].items()}
-
