@@ -134,7 +134,8 @@ class Pipeline:
         self.clock = Clock(event_mode=settings.event_clock)
         # In memory only: a restart loses nothing, the next tick sets them again.
         self.tick_target: dict[int, datetime] = {}
-        self.orders_read: dict[int, tuple[int, datetime | None]] = {}
+        self.orders_seen: dict[int, datetime] = {}  # partition -> last order event's time
+        self.last_read: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
         self.decided_until: dict[int, datetime] = {}
         self.customers = raw_table(app, "customers", n)
         self.customer_wakeups = Wakeups(lambda: self._held(  # held notifications' releases
@@ -180,9 +181,16 @@ class Pipeline:
         async for event in self._in_turn(stream):
             await self._guarded(event, self._on_order_input, "order")
             m = event.message
-            if m.topic == orders:
-                # Read, good or dead-lettered: the partition's decisions may go further.
-                self.orders_read[m.partition] = (m.offset, self.orders_read.get(m.partition, (0, None))[1])
+            # Read, good or dead-lettered: the partition's decisions may go further.
+            self.last_read[(m.topic, m.partition)] = m.offset
+            at_once = not self.settings.event_clock and self._read_to_end(m.partition)
+            if at_once:
+                # Under the wall clock with nothing more to read on either topic, what was
+                # read is all there is: decided on now, not at the partition's next tick (up
+                # to a second away). Behind a backlog the ticks' passes take many inputs at once.
+                reached = order.known_from(_wall_now())
+                self.tick_target[m.partition] = max(reached, self.tick_target.get(m.partition, reached))
+            if m.topic == orders or at_once:
                 await self._guarded(event, lambda e: self._decide_until_tick(e.message.partition), "order")
 
     async def _customer_stage(self, stream: faust.StreamT) -> None:
@@ -209,7 +217,7 @@ class Pipeline:
         """A rebalance: what this worker remembers of its partitions' progress is stale, as
         another worker may take them further before they come back, and the stream reads
         on from their committed offsets. Ticks, order records and the clock marks say it anew."""
-        for progress in (self.tick_target, self.orders_read, self.decided_until, self.clock.high_water,
+        for progress in (self.tick_target, self.orders_seen, self.last_read, self.decided_until, self.clock.high_water,
                          self.heard, self.order_wakeups, self.customer_wakeups):
             progress.clear()
 
@@ -279,7 +287,7 @@ class Pipeline:
             await self._decide_until_tick(m.partition)
             return
         if m.topic == self.settings.topics.orders:
-            self.orders_read[m.partition] = (m.offset, envelope.time or now)
+            self.orders_seen[m.partition] = envelope.time or now
         known = self.order_state(order_id)
         if known is None and m.topic == self.settings.topics.orders and envelope.type != "order.created":
             # Its messages will lack the order's details: a gap in the stream worth knowing.
@@ -320,9 +328,11 @@ class Pipeline:
         target = self.tick_target.get(partition)
         if target is None:
             return
-        offset, seen = self.orders_read.get(partition, (None, None))
-        # Under the wall clock "now" is the machine's time, whatever the events say.
-        if not self.settings.event_clock or self._orders_caught_up(partition, offset):
+        seen = self.orders_seen.get(partition)
+        # Whichever the clock: the tracking topic read ahead of the orders topic must not
+        # have its scans decided on before the payment read behind them (the customer
+        # would hear of the parcel first, and the confirmation wait for the messages' gap).
+        if self._caught_up(self.settings.topics.orders, partition):
             allowed = target
         elif seen is None:
             return
@@ -330,10 +340,11 @@ class Pipeline:
             allowed = min(target, seen)
         decided = self.decided_until.get(partition)
         again = decided is not None and allowed <= decided
-        # Decided that far already, unless orders due by then were read since: under the
-        # event clock a pass may have judged the partition read to its end from a fetch
-        # that had not brought its last records yet, and no later tick may come.
-        if again and not (self.settings.event_clock and self.order_wakeups.any_due(partition, allowed)):
+        # Decided that far already, unless orders due by then were read since: a pass may
+        # have judged the partition read to its end from a fetch that had not brought its
+        # last records yet, and under the wall clock an input read within a second already
+        # decided is known from that second.
+        if again and not self.order_wakeups.any_due(partition, allowed):
             return
         woken: dict[str, order.OrderState | None] = {}
         acks: list[Awaitable[Any]] = []
@@ -356,13 +367,19 @@ class Pipeline:
         await asyncio.gather(*acks)
         self._still_ours()
 
-    def _orders_caught_up(self, partition: int, offset: int | None) -> bool:
-        """Read to the end of the orders partition, as far as the last fetch knows."""
-        tp = TP(self.settings.topics.orders, partition)
+    def _read_to_end(self, partition: int) -> bool:
+        """Both input topics' partitions read to their ends, as far as the last fetch knows."""
+        t = self.settings.topics
+        return self._caught_up(t.orders, partition) and self._caught_up(t.tracking, partition)
+
+    def _caught_up(self, topic: str, partition: int) -> bool:
+        """Read to the end of the topic's partition, as far as the last fetch knows."""
+        tp = TP(topic, partition)
         try:
             highwater = self.app.consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - not fetched yet, or not assigned here
             return False
+        offset = self.last_read.get((topic, partition))
         if offset is None:
             # Nothing read since this worker started: it resumed from its committed offset
             # (the next to read), and everything before that was processed before.
