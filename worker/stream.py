@@ -321,23 +321,23 @@ class Pipeline:
         """Make the decisions due by the last tick, as far as ``orders.events`` allows.
 
         Ticks come on ``tracking.events``; Faust reads the two topics independently, so a
-        tick may arrive before order events older than it (a cancellation). Until the
-        orders partition is read to its end, decisions go no further than the last order
-        event read; the rest waits for more order events or the next tick.
+        tick, or a scan, may be read before order events older than it (a payment, a
+        cancellation). Until the orders partition is read to its end, decisions go no
+        further than the second before the last order event read: events behind it are
+        known from that second at the earliest. Decided on earlier, the scans of a parcel
+        read ahead of its order's payment told in the same second would reach the
+        customer first, and the confirmation would wait behind the gap between an
+        order's messages. The rest waits for more order events or the next tick.
         """
         target = self.tick_target.get(partition)
         if target is None:
             return
-        seen = self.orders_seen.get(partition)
-        # Whichever the clock: the tracking topic read ahead of the orders topic must not
-        # have its scans decided on before the payment read behind them (the customer
-        # would hear of the parcel first, and the confirmation wait for the messages' gap).
         if self._caught_up(self.settings.topics.orders, partition):
             allowed = target
-        elif seen is None:
+        elif (seen := self.orders_seen.get(partition)) is None:
             return
         else:
-            allowed = min(target, seen)
+            allowed = min(target, order.known_from(seen) - timedelta(seconds=1))
         decided = self.decided_until.get(partition)
         again = decided is not None and allowed <= decided
         # Decided that far already, unless orders due by then were read since: a pass may
@@ -352,7 +352,7 @@ class Pipeline:
         # (and when each is next due) are written: a crash in between repeats the decisions
         # (same ids, de-duplicated downstream) instead of losing them. One wait for the pass.
         await self.order_wakeups.drain(partition, allowed, lambda due, order_id: self._wake_order(
-            order_id, self._moment(due, allowed), woken, acks), settle=lambda: self._settled(acks))
+            order_id, self._moment(due, target), woken, acks), settle=lambda: self._settled(acks))
         for order_id, state in woken.items():
             if state is not None:
                 self._save_order(order_id, state)
