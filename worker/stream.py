@@ -183,14 +183,18 @@ class Pipeline:
             m = event.message
             # Read, good or dead-lettered: the partition's decisions may go further.
             self.last_read[(m.topic, m.partition)] = m.offset
-            at_once = not self.settings.event_clock and self._read_to_end(m.partition)
-            if at_once:
-                # Under the wall clock with nothing more to read on either topic, what was
-                # read is all there is: decided on now, not at the partition's next tick (up
-                # to a second away). Behind a backlog the ticks' passes take many inputs at once.
-                reached = order.known_from(_wall_now())
-                self.tick_target[m.partition] = max(reached, self.tick_target.get(m.partition, reached))
-            if m.topic == orders or at_once:
+            if self.settings.event_clock:
+                # Each order event read lets the partition's decisions go further in time.
+                decide = m.topic == orders
+            else:
+                # With nothing more to read on either topic, what was read is all there is:
+                # decided on now, not at the partition's next tick (up to a second away).
+                # Behind a backlog the ticks' passes take many inputs at once.
+                decide = self._read_to_end(m.partition)
+                if decide:
+                    reached = order.known_from(_wall_now())
+                    self.tick_target[m.partition] = max(reached, self.tick_target.get(m.partition, reached))
+            if decide:
                 await self._guarded(event, lambda e: self._decide_until_tick(e.message.partition), "order")
 
     async def _customer_stage(self, stream: faust.StreamT) -> None:
