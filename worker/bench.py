@@ -18,11 +18,14 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from worker import codec, runtime, topics
 from worker.broker import EmbeddedBroker, free_port
@@ -65,6 +68,49 @@ def local_providers(workdir: Path) -> dict[str, str]:
            for name in ("SMS", "PUSH", "APNS", "WECHAT", "EMAIL_EVENTS")},
         "NOTIFIER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/webhooks",
     }
+
+
+async def unread(settings: Settings, group: str, inputs: list[str]) -> int:
+    """Records on ``inputs`` that ``group`` has not committed yet; -1 while it has committed
+    nothing on one of them, or the broker does not answer."""
+    async with _offsets(settings) as (admin, consumer):
+        return await _unread(admin, consumer, group, inputs)
+
+
+async def read_through(settings: Settings, group: str, inputs: list[str], timeout: float = 3600) -> None:
+    """Wait until ``group`` has committed every input partition's end offset."""
+    async with _offsets(settings) as (admin, consumer):
+        deadline = time.monotonic() + timeout
+        while await _unread(admin, consumer, group, inputs) != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not read its inputs in time")
+            await asyncio.sleep(0.5)
+
+
+@contextlib.asynccontextmanager
+async def _offsets(settings: Settings) -> AsyncIterator[tuple[AIOKafkaAdminClient, AIOKafkaConsumer]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        yield admin, consumer
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _unread(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str,
+                  inputs: list[str]) -> int:
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        mine = {tp: meta.offset for tp, meta in committed.items() if tp.topic in inputs}
+        if {tp.topic for tp in mine} != set(inputs):
+            return -1
+        ends = await consumer.end_offsets(list(mine))
+    except KafkaError:
+        return -1
+    return sum(max(0, ends[tp] - max(0, offset)) for tp, offset in mine.items())
 
 
 def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: float) -> int:

@@ -23,11 +23,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker import simulate, topics
-from worker.bench import broker_for, machine
-from worker.bench_worker import WorkerProcess, _committed
+from worker.bench import broker_for, machine, read_through, unread
+from worker.bench_worker import WorkerProcess
 from worker.figures import write_block
 from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
-from worker.soak import AT_ONCE, _lag
+from worker.soak import AT_ONCE
 
 DRAIN_SECONDS = 30  # after the last input, how long the worker may take to catch up
 
@@ -55,10 +55,11 @@ def run(settings: Settings, rates: list[int], seconds: float) -> int:
                 asyncio.run(simulate.produce(bench, iter(records), rate=rate, progress=False))
                 inputs = sorted({r.topic for r in records})
                 try:
-                    asyncio.run(_committed(bench, run_env["NOTIFIER_APP_ID"], inputs, timeout=DRAIN_SECONDS))
+                    asyncio.run(read_through(bench, run_env["NOTIFIER_APP_ID"], inputs,
+                                             timeout=DRAIN_SECONDS))
                     behind = 0
                 except TimeoutError:
-                    behind = asyncio.run(_lag(bench, run_env["NOTIFIER_APP_ID"], inputs))
+                    behind = asyncio.run(unread(bench, run_env["NOTIFIER_APP_ID"], inputs))
             finally:
                 worker.stop()
             got = asyncio.run(_latencies(bench))

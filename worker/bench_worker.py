@@ -35,12 +35,11 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from worker import packing, runtime, simulate, topics
-from worker.bench import broker_for, machine
+from worker.bench import broker_for, machine, read_through
 from worker.broker import free_port
 from worker.figures import write_block
 from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
@@ -76,8 +75,8 @@ def run(settings: Settings, events: int, active: list[int]) -> int:
             began = worker.ready()
             # Done when the inputs are read, and the intents they set off too (the customer
             # stage turns them into dispatch commands).
-            asyncio.run(_committed(bench, app_id, inputs))
-            asyncio.run(_committed(bench, app_id, [*inputs, bench.topics.intents]))
+            asyncio.run(read_through(bench, app_id, inputs))
+            asyncio.run(read_through(bench, app_id, [*inputs, bench.topics.intents]))
             elapsed = time.monotonic() - began
             print(f"    {len(records):,} inputs in {elapsed:.1f} s", flush=True)
         finally:
@@ -183,31 +182,6 @@ class WorkerProcess:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-async def _committed(settings: Settings, group: str, inputs: list[str], timeout: float = 3600) -> None:
-    """Wait until ``group`` has committed every input partition's end offset."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers)
-    await admin.start()
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                offsets = await admin.list_consumer_group_offsets(group)
-            except KafkaError:
-                offsets = {}
-            mine = {tp: meta.offset for tp, meta in offsets.items() if tp.topic in inputs}
-            if mine:
-                ends = await consumer.end_offsets(list(mine))
-                if all(mine[tp] >= ends[tp] for tp in mine) and {tp.topic for tp in mine} == set(inputs):
-                    return
-            await asyncio.sleep(0.5)
-        raise TimeoutError("the worker did not read its inputs in time")
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 async def _ends(settings: Settings, names: list[str]) -> int:

@@ -29,11 +29,9 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from worker import runtime, simulate, topics
-from worker.bench import broker_for, local_providers, machine
+from worker.bench import broker_for, local_providers, machine, unread
 from worker.bench_worker import START, WorkerProcess
 from worker.figures import write_block
 from worker.settings import PROJECT_ROOT, Settings, load
@@ -125,7 +123,7 @@ async def _soak(settings: Settings, records: list[simulate.Record], rate: float,
     try:
         while True:
             await asyncio.sleep(every)
-            lag = await _lag(settings, app_id, inputs)
+            lag = await unread(settings, app_id, inputs)
             scraped = dict(METRIC.findall(_get(f"http://127.0.0.1:{worker.port}/metrics")))
             taken = latencies.take()
             produced = min(len(records) - 1, int((time.monotonic() - began) * rate))
@@ -163,24 +161,6 @@ async def _listen(settings: Settings, latencies: Latencies) -> None:
                     latencies.fresh.append(sent["latency_ms"])
     finally:
         await consumer.stop()
-
-
-async def _lag(settings: Settings, group: str, inputs: list[str]) -> int:
-    """Records on ``inputs`` the worker's group has not committed yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        mine = {tp: meta.offset for tp, meta in committed.items() if tp.topic in inputs}
-        ends = await consumer.end_offsets(list(mine)) if mine else {}
-        return sum(max(0, ends[tp] - max(0, offset)) for tp, offset in mine.items())
-    except KafkaError:
-        return -1
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 def _get(url: str) -> str:

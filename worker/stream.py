@@ -221,8 +221,8 @@ class Pipeline:
         """A rebalance: what this worker remembers of its partitions' progress is stale, as
         another worker may take them further before they come back, and the stream reads
         on from their committed offsets. Ticks, order records and the clock marks say it anew."""
-        for progress in (self.tick_target, self.orders_seen, self.last_read, self.decided_until, self.clock.high_water,
-                         self.heard, self.order_wakeups, self.customer_wakeups):
+        for progress in (self.tick_target, self.orders_seen, self.last_read, self.decided_until,
+                         self.clock.high_water, self.heard, self.order_wakeups, self.customer_wakeups):
             progress.clear()
 
     async def _guarded(self, event: faust.EventT, handle: Any, stage: str) -> None:

@@ -17,6 +17,7 @@ from tests.integration.conftest import wait_for
 from tests.integration.kafka_io import produce, read_all
 from worker import codec, settings as settings_module, simulate
 from worker.domain.notification import notification_id
+from worker.settings import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -90,18 +91,18 @@ def test_orders_become_exactly_one_confirmation_each(stack):
     assert stack.processes["worker"].poll() is None, "the worker must survive bad input"
 
 
-def shipped_with_scans(order: simulate.Record, now: datetime) -> list[tuple[str, str, dict]]:
+def shipped_with_scans(topics: Topics, order: simulate.Record, now: datetime) -> list[tuple[str, str, dict]]:
     """(topic, event type, data) of an order's parcel shipped three minutes ago and out for
     delivery since one: the tracking topic's half of an order told all at once."""
-    oid, parcel = order.key, f"{order.key}-1"
+    parcel = {"order_id": order.key, "shipment_id": f"{order.key}-1", "carrier": "sf-express",
+              "tracking_number": f"SF{order.key[-6:]}"}
     place = {"country": "CN", "region": "Shanghai", "city": "Shanghai"}
-    shipped = {"order_id": oid, "shipment_id": parcel, "carrier": "sf-express", "tracking_number": f"SF{oid[-6:]}",
-               "shipped_at": (now - timedelta(minutes=3)).isoformat(), "origin": place, "destination": place}
-    scans = [("tracking", "tracking.updated", {
-        "order_id": oid, "shipment_id": parcel, "carrier": "sf-express", "tracking_number": f"SF{oid[-6:]}",
-        "checkpoint": {"status": status, "occurred_at": (now - timedelta(minutes=minutes)).isoformat()}})
+    shipped = {**parcel, "shipped_at": (now - timedelta(minutes=3)).isoformat(),
+               "origin": place, "destination": place}
+    scans = [(topics.tracking, "tracking.updated", {**parcel, "checkpoint": {
+        "status": status, "occurred_at": (now - timedelta(minutes=minutes)).isoformat()}})
         for status, minutes in (("PICKED_UP", 2), ("OUT_FOR_DELIVERY", 1))]
-    return [("orders", "order.shipped", shipped), *scans]
+    return [(topics.orders, "order.shipped", shipped), *scans]
 
 
 def test_under_the_wall_clock_a_payment_is_told_without_waiting_for_the_next_tick(stack):
@@ -117,28 +118,33 @@ def test_under_the_wall_clock_a_payment_is_told_without_waiting_for_the_next_tic
                                    spacing=timedelta(0)))
     one_by_one, told_at_once = records[:6], records[6:]
     for record in one_by_one:  # one at a time, as a shop's checkout sends them
-        asyncio.run(produce(settings.kafka_bootstrap, [(record.topic, record.key.encode(), *record.encoded())]))
-    confirmed = lambda orders: {notification_id(r.key, "order_confirmed") for r in orders}  # noqa: E731
-    sent = lambda: {e["request"]["notification_id"] for e in stack.outbox_entries()}  # noqa: E731
-    assert wait_for(lambda: sent() >= confirmed(one_by_one), timeout=60), stack.log("worker")[-3000:]
+        asyncio.run(produce(settings.kafka_bootstrap,
+                            [(record.topic, record.key.encode(), *record.encoded())]))
+
+    def confirmations(orders: list[simulate.Record]) -> set[str]:
+        return {notification_id(r.key, "order_confirmed") for r in orders}
+
+    def sent() -> set[str]:
+        return {e["request"]["notification_id"] for e in stack.outbox_entries()}
+
+    assert wait_for(lambda: sent() >= confirmations(one_by_one), timeout=60), stack.log("worker")[-3000:]
 
     # Whole orders in one go, their scans on the tracking topic, all known from the same
     # second: however the worker's reads of the two topics interleave, each customer hears
     # of the payment first, not of the parcel first with the confirmation held back 15
     # minutes behind it by the gap between an order's messages.
-    topics = {"orders": settings.topics.orders, "tracking": settings.topics.tracking}
     stream = []
     for record in told_at_once:
         told = [(record.topic, record.event_type, record.data)]
         if record.event_type == "order.paid":
-            told += [(topics[t], event_type, data) for t, event_type, data in shipped_with_scans(record, now)]
+            told += shipped_with_scans(settings.topics, record, now)
         for topic, event_type, data in told:
             value, headers = codec.encode(event_type=event_type, event_id=f"{event_type}-{len(stream)}",
                                           source="urn:test", time=now, data=data, subject=record.key)
             stream.append((topic, record.key.encode(), value, headers))
     asyncio.run(produce(settings.kafka_bootstrap, stream))
-    assert wait_for(lambda: sent() >= confirmed(told_at_once), timeout=60), (
-        sorted(confirmed(told_at_once) - sent()), stack.log("worker")[-3000:])
+    assert wait_for(lambda: sent() >= confirmations(told_at_once), timeout=60), (
+        sorted(confirmations(told_at_once) - sent()), stack.log("worker")[-3000:])
 
 
 def test_worker_against_a_broker_that_is_down_says_so_and_retries(stack):
