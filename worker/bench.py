@@ -77,7 +77,8 @@ async def unread(settings: Settings, group: str, inputs: list[str]) -> int:
         return await _unread(admin, consumer, group, inputs)
 
 
-async def read_through(settings: Settings, group: str, inputs: list[str], timeout: float = 3600) -> None:
+async def read_through(settings: Settings, group: str, inputs: list[str],
+                       timeout: float = 3600) -> None:
     """Wait until ``group`` has committed every input partition's end offset."""
     async with _offsets(settings) as (admin, consumer):
         deadline = time.monotonic() + timeout
@@ -88,7 +89,8 @@ async def read_through(settings: Settings, group: str, inputs: list[str], timeou
 
 
 @contextlib.asynccontextmanager
-async def _offsets(settings: Settings) -> AsyncIterator[tuple[AIOKafkaAdminClient, AIOKafkaConsumer]]:
+async def _offsets(settings: Settings,
+                   ) -> AsyncIterator[tuple[AIOKafkaAdminClient, AIOKafkaConsumer]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_servers)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers)
     await admin.start()
