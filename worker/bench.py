@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -115,6 +115,30 @@ async def _unread(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group:
     return sum(max(0, ends[tp] - max(0, offset)) for tp, offset in mine.items())
 
 
+async def each_record(settings: Settings, names: list[str]) -> AsyncIterator[ConsumerRecord]:
+    """Every record on ``names`` (all their partitions), from the start to at least the
+    ends they had when asked."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    try:
+        partitions = [tp for name in names for tp in await partitions_of(consumer, name)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for batch in (await consumer.getmany(timeout_ms=1000, max_records=20_000)).values():
+                for record in batch:
+                    yield record
+    finally:
+        await consumer.stop()
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    cluster = await consumer._client.fetch_all_metadata()  # the consumer's own cache is lazy
+    return [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
+
+
 def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: float) -> int:
     with broker_for(settings, "notifier-bench-") as (workdir, env):
         env.update(local_providers(workdir), NOTIFIER_APP_ID=f"bench-{int(time.time())}")
@@ -194,7 +218,7 @@ async def _send(producer, settings: Settings, nid: str, channel: str, content: d
 async def _wait_for(settings: Settings, count: int, timeout: float = 600) -> list[dict]:
     """The first ``count`` outcomes, read as they come (re-reading the topic each time
     would take the CPU the senders are measured on)."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
     consumer = AIOKafkaConsumer(settings.topics.sent, bootstrap_servers=settings.kafka_servers,
                                 auto_offset_reset="earliest", enable_auto_commit=False)

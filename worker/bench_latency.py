@@ -20,10 +20,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker import simulate, topics
-from worker.bench import broker_for, machine, read_through, unread
+from worker.bench import broker_for, each_record, machine, read_through, unread
 from worker.bench_worker import WorkerProcess
 from worker.figures import write_block
 from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
@@ -78,8 +77,8 @@ def run(settings: Settings, rates: list[int], seconds: float) -> int:
 
 async def _latencies(settings: Settings) -> list[float]:
     t = settings.topics
-    return at_once_latencies(await _read([t.orders, t.tracking, *(t.dispatch(c) for c in CHANNELS)], settings),
-                             inputs={t.orders, t.tracking})
+    names = [t.orders, t.tracking, *(t.dispatch(c) for c in CHANNELS)]
+    return at_once_latencies([r async for r in each_record(settings, names)], inputs={t.orders, t.tracking})
 
 
 def at_once_latencies(records: list[Any], inputs: set[str]) -> list[float]:
@@ -98,24 +97,6 @@ def at_once_latencies(records: list[Any], inputs: set[str]) -> list[float]:
         if command["kind"] in AT_ONCE and causes:
             latencies.append(float(dispatched - max(causes)))
     return sorted(latencies)
-
-
-async def _read(names: list[str], settings: Settings) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(n, p) for n in names for p in range(settings.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        records: list[Any] = []
-        while sum(ends.values()) > len(records):
-            for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                records += batch
-        return records
-    finally:
-        await consumer.stop()
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -36,10 +36,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
-from aiokafka.structs import TopicPartition
 
 from worker import packing, runtime, simulate, topics
-from worker.bench import broker_for, machine, read_through
+from worker.bench import broker_for, each_record, machine, partitions_of, read_through
 from worker.broker import free_port
 from worker.figures import write_block
 from worker.settings import CHANNELS, PROJECT_ROOT, Settings, Topics, load
@@ -189,40 +188,22 @@ async def _ends(settings: Settings, names: list[str]) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers)
     await consumer.start()
     try:
-        partitions = [tp for name in names for tp in await _partitions(consumer, name)]
+        partitions = [tp for name in names for tp in await partitions_of(consumer, name)]
         return sum((await consumer.end_offsets(partitions)).values()) if partitions else 0
     finally:
         await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    cluster = await consumer._client.fetch_all_metadata()  # the consumer's own cache is lazy
-    return [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
 
 
 async def _snapshot(settings: Settings, app_id: str) -> dict[str, dict[bytes, bytes]]:
     """The latest value of every key of the growing tables, from their changelogs."""
     tables: dict[str, dict[bytes, bytes]] = {}
     for name in COPIED_TABLES:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_servers, enable_auto_commit=False,
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
-        await consumer.start()
-        try:
-            partitions = await _partitions(consumer, f"{app_id}-{name}-changelog")
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            latest: dict[bytes, bytes] = {}
-            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-                for records in (await consumer.getmany(timeout_ms=1000, max_records=20_000)).values():
-                    for record in records:
-                        if record.value is None:
-                            latest.pop(record.key, None)
-                        else:
-                            latest[record.key] = record.value
-            tables[name] = latest
-        finally:
-            await consumer.stop()
+        latest = tables[name] = {}
+        async for record in each_record(settings, [f"{app_id}-{name}-changelog"]):
+            if record.value is None:
+                latest.pop(record.key, None)
+            else:
+                latest[record.key] = record.value
     return tables
 
 
