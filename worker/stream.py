@@ -24,6 +24,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 import orjson
 from aiohttp import web
@@ -57,6 +58,7 @@ TRACKING_TYPES = frozenset({"tracking.updated", "clock.tick"})
 PREFERENCE_TYPES = frozenset({"customer.preferences_updated"})
 ENGAGEMENT_SOURCE = "urn:order-notifier:tracking-page"
 KNOWN_SOURCES = frozenset(carrier_table())
+_PARTITIONER = DefaultPartitioner()  # Kafka's murmur2, as the producers use it
 
 
 def load_rules(settings: Settings) -> Rules:
@@ -796,9 +798,12 @@ class Pipeline:
     @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 (one pipeline a process)
     def partition_of(self, topic: str, key: bytes) -> int:
         """The key's partition of ``topic``, as the producer hashes it (murmur2 in pure Python:
-        the tracking page asks it several times a lookup). Topics keep their partition
-        count for the life of a deployment: co-partitioning depends on it."""
-        return self.app.producer.key_partition(topic, key).partition
+        the tracking page asks it several times a lookup). Every topic has the settings'
+        partition count for the life of a deployment (co-partitioning depends on it), so the
+        producer's metadata is not needed: it has none for a topic it never wrote to until
+        it asks, and the wake-ups' index is built from this before any write."""
+        every = list(range(self.settings.partitions))
+        return _PARTITIONER(key, every, every)
 
     async def send_engagement(self, customer_id: str, event_type: str, event_id: str,
                               order_id: str, data: dict[str, Any]) -> None:

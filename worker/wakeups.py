@@ -35,8 +35,13 @@ class Wakeups:
 
     def _build(self) -> None:
         self.built = True
-        for partition, key, due in self.source():
-            self.set(partition, key, due)
+        try:
+            for partition, key, due in self.source():
+                self.set(partition, key, due)
+        except BaseException:
+            # Half an index would never wake the keys it missed: read it all again next time.
+            self.clear()
+            raise
 
     def set(self, partition: int, key: str, due: str | datetime | None) -> None:
         """``key`` is next due at ``due`` (a stamp or a time), or never (None)."""

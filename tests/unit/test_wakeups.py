@@ -119,3 +119,19 @@ def test_any_due_looks_past_entries_whose_keys_moved_on():
     assert wakeups.any_due(0, datetime(2026, 11, 5, 2, tzinfo=UTC))
     wakeups.set(0, "SO-1", None)
     assert not wakeups.any_due(0, datetime(2026, 12, 1, tzinfo=UTC)) and not wakeups.any_due(1, datetime(2026, 12, 1, tzinfo=UTC))
+
+
+def test_an_index_whose_reading_failed_is_read_whole_the_next_time():
+    reads = []
+
+    def source():
+        reads.append(1)
+        yield 0, "a", T0
+        if len(reads) == 1:
+            raise RuntimeError("the table could not be read to its end")
+        yield 0, "b", T0
+
+    wakeups = Wakeups(source)
+    with pytest.raises(RuntimeError):
+        wakeups.due(0, T0)
+    assert keys(wakeups.due(0, T0)) == ["a", "b"]  # "b" is not left unwoken
