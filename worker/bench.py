@@ -218,7 +218,7 @@ async def _send(producer, settings: Settings, nid: str, channel: str, content: d
 async def _wait_for(settings: Settings, count: int, timeout: float = 600) -> list[dict]:
     """The first ``count`` outcomes, read as they come (re-reading the topic each time
     would take the CPU the senders are measured on)."""
-    from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(settings.topics.sent, bootstrap_servers=settings.kafka_servers,
                                 auto_offset_reset="earliest", enable_auto_commit=False)

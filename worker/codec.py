@@ -38,6 +38,15 @@ def header_dict(headers: Headers | None) -> dict[str, bytes]:
     return {k.lower(): v for k, v in items}
 
 
+def header(headers: Headers | None, name: str) -> str:
+    """One header's value as text ("" when absent), without building a dict of them all."""
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for key, value in items:
+        if key == name:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return ""
+
+
 def decode(
     key: bytes | None,
     value: bytes | None,

@@ -9,6 +9,8 @@ from prometheus_client import (
     CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, generate_latest,
 )
 
+from worker.domain.milestones import carrier_table
+
 disable_created_metrics()
 registry = CollectorRegistry()
 
@@ -136,6 +138,14 @@ engagement = Counter(
 # senders' CPU). The labels are bounded, so each metric keeps the children it has made.
 for _metric in [m for m in list(globals().values()) if isinstance(m, (Counter, Gauge, Histogram))]:
     _metric.labels = functools.cache(_metric.labels)  # type: ignore[method-assign]
+
+
+KNOWN_CARRIERS = frozenset(carrier_table())
+
+
+def carrier(slug: str) -> str:
+    """A carrier as a label: one the carrier table knows, or ``other``. Inputs name any."""
+    return slug if slug in KNOWN_CARRIERS else "other"
 
 
 def exposition() -> bytes:

@@ -37,7 +37,7 @@ from worker import runtime, topics
 from worker.domain import inbox
 from worker.domain.rules import Rules
 from worker.settings import Settings
-from worker.tracking_site import LookupPage
+from worker.lookup_page import LookupPage
 
 log = logging.getLogger("worker.pages")
 FOLLOWED_TABLES = ("orders", "inbox", "clock")  # the worker's tables the page reads
@@ -80,7 +80,7 @@ class Replica:
         else:
             latest[key] = value
 
-    # -- what the page reads (tracking_site.Orders) -------------------------------------
+    # -- what the page reads (lookup_page.Orders) -------------------------------------
 
     def saved_order(self, order_id: str) -> bytes | None:
         return self.orders.get(order_id.encode())

@@ -6,10 +6,16 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 GC_YOUNG_THRESHOLD = 20_000  # allocations between collections of young objects (Python: 700)
+
+
+def wall_now() -> datetime:
+    """The wall clock. The domain never reads it: the stages pass it in."""
+    return datetime.now(UTC)
 
 
 def settle() -> None:

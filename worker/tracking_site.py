@@ -1,20 +1,15 @@
-"""The worker's customer-facing web: the tracking page, the links in notifications, the
-providers' delivery callbacks and the engagement figures.
+"""The worker's customer-facing web: the tracking page answered by the order's owner, the
+links in notifications, the providers' delivery callbacks and the engagement figures.
 
-- ``/track``: the form; ``?order=…&email=…`` or ``&phone4=…`` looks an order up;
-  ``?t=TOKEN`` opens it from a signed link; ``&lang=`` switches language. A wrong pair,
-  an unknown order and a forged link get the same answer; lookups are rate limited per
-  client address.
+- ``/track`` (:mod:`worker.lookup_page`): a worker asked about an order it does not own
+  forwards the request to the owner (found through Faust's table routing), signed so the
+  owner knows it comes from a worker and the client was already rate limited.
 - ``/c/TOKEN`` records ``notification.clicked`` and redirects to the page;
   ``/o/TOKEN.gif`` records ``notification.opened``; ``/u/TOKEN`` unsubscribes from
   marketing (one click, RFC 8058).
 - ``/callbacks/sms`` (Twilio's StatusCallback), ``/callbacks/wechat``
   (``TEMPLATESENDJOBFINISH``) and ``/callbacks/email`` (bounces) become engagement events.
 - ``/stats``: the engagement figures of every partition, added up.
-
-An order lives in one worker's table partition. A worker asked about an order it does
-not own forwards the request to the owner (found through Faust's table routing), signed
-so the owner knows it comes from a worker and the client was already rate limited.
 """
 
 from __future__ import annotations
@@ -22,188 +17,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 import aiohttp
 import faust
-import orjson
 from aiohttp import web
 from faust.types import TP
 from faust.web import View
 
-from worker import metrics, packing
-from worker.domain import engagement, links, tracking
-from worker.domain.limiter import Buckets
-from worker.domain.order import OrderState
-from worker.domain.rules import Rules
+from worker import metrics
+from worker.domain import engagement, links
 from worker.domain.sms import twilio_signature
-from worker.render import catalog_locale, page, translate
-from worker.settings import Settings
+from worker.lookup_page import MESSAGES, ROUTED, SECURITY_HEADERS, LookupPage, page_locale
+from worker.render import page
 
 if TYPE_CHECKING:
     from worker.stream import Pipeline
 
 log = logging.getLogger("worker.tracking")
-V = TypeVar("V")
 
-LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "English"))
-ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
 ASK_A_WORKER = aiohttp.ClientTimeout(total=5)
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # a signed link must not leak to other sites
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-}
-HTML_HEADERS = {**SECURITY_HEADERS, "Content-Type": "text/html; charset=utf-8"}
-FOUND = metrics.lookups.labels("found")
-LOOKUP_KEYS = ("t", "order", "email", "phone4")  # what a lookup is asked by; the rest is display
-PAGE_FRESH_SECONDS = 60  # how long a drawn page is shown again to customers refreshing it
-MESSAGES = {  # translated in the catalogs like the templates' strings
-    "not_found": "We could not find an order with these details. Check the order number and the "
-                 "email address or phone digits.",
-    "too_many": "Too many tries. Please wait a minute and try again.",
-    "expired": "This link has expired. Enter your order number to see your order.",
-}
-
-
-class Orders(Protocol):
-    """What a lookup reads: a worker's own tables, or a page server's copy of them."""
-
-    rules: Rules
-
-    def saved_order(self, order_id: str) -> bytes | None: ...
-
-    def now_for(self, order_id: str) -> datetime: ...
-
-    def lanes_of(self, keys: Any) -> list[dict[str, Any]]: ...
-
-    def inbox_of(self, customer_id: str, order_id: str) -> list[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Drawn:
-    """A page as it was drawn, and what it was drawn from."""
-
-    saved: bytes  # the order's state
-    customer_id: str
-    messages: bytes  # the order's in-app messages
-    body: bytes
-    at: float  # the order's clock, in seconds
-
-
-class LookupPage:
-    """``/track``: the form, a lookup by order number and email or phone digits, a signed
-    link. Answers from ``orders``; a worker overrides where an order or an inbox lives."""
-
-    def __init__(self, settings: Settings, orders: Orders) -> None:
-        self.settings, self.orders = settings, orders
-        self.secret = settings.link_secret
-        self.guesses = Buckets(settings.lookups_per_minute, settings.lookups_per_minute)
-        # Drawn pages, by the order and the request.
-        self.pages = Recent[Drawn](settings.page_cache_size)
-        for code, _ in LANGUAGES:  # compiled now, rather than by the first customers' lookups
-            self._html(catalog_locale(code), form={})
-
-    async def track(self, request: web.Request) -> web.Response:
-        q = request.query
-        routed = ROUTED in request.headers and hmac.compare_digest(
-            request.headers[ROUTED], links.request_mac(request.path_qs, self.secret))
-        if not (q.get("t") or q.get("order")):
-            return self._page(200, _locale(q.get("lang"), request), form=dict(q))
-        client = request.headers.get("x-forwarded-for", "") if routed else (request.remote or "")
-        if not routed and not self.guesses.take(client, time.monotonic()):
-            metrics.lookups.labels("rate_limited").inc()
-            response = self._page(429, _locale(q.get("lang"), request), form={},
-                                  message=MESSAGES["too_many"])
-            response.headers["Retry-After"] = str(self.guesses.retry_after(client))
-            return response
-        link: links.Link | None = None
-        if q.get("t"):
-            try:
-                link = links.read(q["t"], self.secret)
-            except links.Forged:
-                return self._not_found(request)
-            if link.expired(datetime.now(UTC)):
-                metrics.lookups.labels("expired").inc()
-                return self._page(410, _locale(q.get("lang"), request), form={},
-                                  message=MESSAGES["expired"])
-        order_id = link.order_id if link else q["order"].strip()
-        if not routed and (answer := await self._from_owner(order_id, request)) is not None:
-            return answer
-        saved = self.orders.saved_order(order_id)
-        # The page of an order changes with its state, its messages and the time (the
-        # expected window never starts in the past, lanes learn): customers refreshing it get
-        # it from memory for a minute after it was drawn, each page on its own minute, so
-        # pages are drawn again a few at a time rather than all at once. A page drawn for
-        # this very request and state was drawn for a verified pair.
-        key = (order_id, request.query_string, request.headers.get("accept-language", ""))
-        drawn = self.pages.get(key)
-        if saved is not None and drawn is not None and drawn.saved == saved:
-            messages = await self._inbox(drawn.customer_id, order_id)
-            if messages == drawn.messages and (
-                    self.orders.now_for(order_id).timestamp() - drawn.at < PAGE_FRESH_SECONDS):
-                return self._found(client, drawn.body)
-        state = OrderState.from_dict(packing.unpack(saved)) if saved else None
-        if state is None or state.order is None or (link is None and not tracking.verified(
-                state, q.get("email", ""), q.get("phone4", ""))):
-            return self._not_found(request)
-        now = self.orders.now_for(order_id)
-        customer_id = str((state.order.get("customer") or {}).get("id", ""))
-        messages = await self._inbox(customer_id, order_id)
-        view = tracking.view(state, now, self.orders.rules, self.orders.lanes_of)
-        html = self._html(_locale(q.get("lang") or view["locale"], request), view=view,
-                          timezone=view["timezone"], query=request.query_string,
-                          inbox=orjson.loads(messages))
-        drawn = Drawn(saved, customer_id, messages, html.encode(), now.timestamp())
-        self.pages.put(key, drawn)
-        return self._found(client, drawn.body)
-
-    def _found(self, client: str, body: bytes) -> web.Response:
-        # A lookup that found its order costs the client nothing.
-        self.guesses.refund(client)
-        FOUND.inc()
-        return web.Response(body=body, headers=HTML_HEADERS)
-
-    def _not_found(self, request: web.Request) -> web.Response:
-        metrics.lookups.labels("not_found").inc()
-        return self._page(404, _locale(request.query.get("lang"), request), form={},
-                          message=MESSAGES["not_found"])
-
-    def _page(self, status: int, locale: str, **context: Any) -> web.Response:
-        return _html_response(status, self._html(locale, **context))
-
-    def _html(self, locale: str, *, form: dict[str, str] | None = None,
-              view: dict[str, Any] | None = None, message: str = "", timezone: str = "UTC",
-              query: str = "", inbox: list[dict[str, Any]] | None = None) -> str:
-        # The language links keep what opened the page (the client's own encoding: the
-        # template escapes it), without a decoding and encoding of it on every page.
-        kept = "&".join(part for part in query.split("&") if part.split("=", 1)[0] in LOOKUP_KEYS)
-        switch = {code: f"/track?{kept}&lang={code}" if kept else f"/track?lang={code}"
-                  for code, _ in LANGUAGES}
-        return page("track.html.j2", locale, timezone, {
-            "view": view, "form": {"order": "", "email": "", **(form or {})},
-            "message": translate(locale, message) if message else "",
-            "languages": LANGUAGES, "switch": switch, "inbox": inbox or []})
-
-    async def _from_owner(self, order_id: str, request: web.Request) -> web.Response | None:
-        """The answer of the process that holds the order; None when it is this one."""
-        return None
-
-    async def _inbox(self, customer_id: str, order_id: str) -> bytes:
-        """The order's in-app messages (a JSON list)."""
-        return orjson.dumps(self.orders.inbox_of(customer_id, order_id))
 
 
 class TrackingSite(LookupPage):
@@ -307,7 +146,7 @@ class TrackingSite(LookupPage):
         """GET shows a button (mail scanners follow links: they must not unsubscribe anyone);
         POST, the button or a mail client's one-click, unsubscribes."""
         link = self._link(token)
-        locale = _locale(request.query.get("lang"), request)
+        locale = page_locale(request.query.get("lang"), request)
         if link is None:
             return self._page(404, locale, form={}, message=MESSAGES["not_found"])
         if request.method == "POST":
@@ -397,31 +236,6 @@ class TrackingSite(LookupPage):
                                   "as_of": datetime.now(UTC).isoformat()})
 
 
-def _html_response(status: int, html: str) -> web.Response:
-    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8",
-                        headers=SECURITY_HEADERS)
-
-
-class Recent(Generic[V]):
-    """The latest ``size`` entries, the least recently used forgotten first."""
-
-    def __init__(self, size: int) -> None:
-        self.size, self._entries = size, OrderedDict[Any, V]()
-
-    def get(self, key: Any) -> V | None:
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        return None
-
-    def put(self, key: Any, value: V) -> None:
-        if not self.size:
-            return
-        self._entries[key] = value
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-
 def _view(path: str, get: Callable[..., Awaitable[Any]] | None,
           post: Callable[..., Awaitable[Any]] | None) -> type[View]:
     methods: dict[str, Any] = {}
@@ -430,14 +244,6 @@ def _view(path: str, get: Callable[..., Awaitable[Any]] | None,
     if post:
         methods["post"] = post
     return type(f"View{path.replace('/', '_')}", (View,), methods)
-
-
-def _locale(tag: str | None, request: web.Request) -> str:
-    """The page's language: asked for, else the browser's first we have, else English."""
-    if tag:
-        return catalog_locale(tag)
-    accepted = request.headers.get("accept-language", "").split(",")[0].split(";")[0].strip()
-    return catalog_locale(accepted or "en")
 
 
 def _wechat_signed(token: str, signature: str, timestamp: str, nonce: str) -> bool:

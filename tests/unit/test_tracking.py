@@ -168,11 +168,11 @@ def test_every_string_of_the_pages_is_translated(catalog, template):
 
 @pytest.mark.parametrize("catalog", ["zh_CN", "zh_TW"])
 def test_every_message_of_the_tracking_site_is_translated(catalog):
-    from worker import tracking_site
+    from worker import lookup_page
 
     with (LOCALE / catalog / "LC_MESSAGES" / "messages.po").open("rb") as fp:
         translated = {m.id for m in read_po(fp) if m.id and m.string}
-    assert set(tracking_site.MESSAGES.values()) <= translated
+    assert set(lookup_page.MESSAGES.values()) <= translated
 
 
 def failed_delivery() -> Intent:
