@@ -133,9 +133,17 @@ class CustomerStage:
         if data["customer_id"] != m.key.decode("utf-8", "replace"):
             raise BadInput("wrong_key", "record key differs from data.customer_id")
         state = self._customer(data["customer_id"]) or customer.CustomerState(data["customer_id"])
-        customer.engaged(state, envelope.type, data, envelope.time or wall_now(), self.rules)
+        heard = customer.engaged(state, envelope.type, data, envelope.time or wall_now(),
+                                 self.rules, event_id=envelope.identity)
+        if heard == "repeat":
+            metrics.duplicates.labels(m.topic).inc()
+            return
+        # Counted before the state that remembers the event is written: a crash in between
+        # counts it again rather than never (the figures are kept at least once).
+        if engagement.counts(envelope.type, first=heard == "first"):
+            await self._count(m.partition, envelope.type, data, first=heard == "first")
+        self.pipeline.still_ours()
         self._save(m.key, state)
-        await self._count(m.partition, envelope.type, data)
 
     def _on_inbox_message(self, m: Any) -> None:
         """An in-app message the senders wrote: kept with the customer's latest ones."""
@@ -149,14 +157,15 @@ class CustomerStage:
         saved = self.inbox.data.get(customer_id.encode())  # from outside the stream: the store
         return inbox.of_order(orjson.loads(saved) if saved else [], order_id)
 
-    async def _count(self, partition: int, event_type: str, data: dict[str, Any]) -> None:
+    async def _count(self, partition: int, event_type: str, data: dict[str, Any],
+                     first: bool = True) -> None:
         """One more event in the partition's figures for the notification's kind, channel and
         variant; the partition's new figures go onto the compacted figures topic."""
         figures_key = engagement.key(data)
         metrics.engagement.labels(*figures_key.split("|"), engagement.COUNTED[event_type]).inc()
         stored_key = f"{partition}|{figures_key}"
         saved = self.engagement_counts.get(stored_key.encode())
-        figures = engagement.count(orjson.loads(saved) if saved else None, event_type)
+        figures = engagement.count(orjson.loads(saved) if saved else None, event_type, first)
         self.engagement_counts[stored_key.encode()] = orjson.dumps(figures)
         await self.engagement_figures_topic.send(key=stored_key.encode(),
                                                  value=orjson.dumps(figures), force=True)

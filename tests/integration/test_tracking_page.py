@@ -32,6 +32,7 @@ from tests.integration.kafka_io import produce, read_all
 from worker import codec, settings as settings_module
 from worker.broker import free_port
 from worker.domain import links
+from worker.domain.sms import twilio_signature
 from worker.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
@@ -367,6 +368,33 @@ def test_an_sms_delivery_receipt_counts_and_a_forged_one_is_refused(site):
         return sum(r["delivered"] for r in rows if (r["kind"], r["channel"]) == ("out_for_delivery", "sms"))
 
     assert wait_for(lambda: delivered() == 1, timeout=30)
+
+    # Twilio calls a status back again when it is not sure it was heard: the same receipt,
+    # signed again, is taken (200) and counted once.
+    engagement = asyncio.run(read_all(settings.kafka_bootstrap, settings.topics.engagement))
+    [record] = [r for r in engagement
+                if orjson.loads(r.value)["notification_id"] == "ntf-sms-receipt"]
+    sid = dict(record.headers)["ce_id"].decode().removeprefix("twilio-").removesuffix("-delivered")
+    url = f"{public}/callbacks/sms?n=ntf-sms-receipt&l={token}"
+    form = {"MessageSid": sid, "MessageStatus": "delivered"}
+
+    async def repeated() -> int:
+        async with aiohttp.ClientSession() as http:
+            signed = {"X-Twilio-Signature": twilio_signature(settings.sms_auth_token, url, form)}
+            async with http.post(url, data=form, headers=signed) as answer:
+                return answer.status
+
+    def repeats_recognised() -> float:  # by whichever worker holds the customer
+        pattern = (r'notifier_duplicate_events_total\{topic="' + re.escape(settings.topics.engagement)
+                   + r'"\} (\S+)')
+        found = [re.search(pattern, site.get("/metrics", port)[1]) for port in site.ports]
+        return sum(float(f.group(1)) for f in found if f)
+
+    before = repeats_recognised()
+    assert asyncio.run(repeated()) in (200, 204)
+    assert wait_for(lambda: len(receipts()) == 2, timeout=30)
+    assert wait_for(lambda: repeats_recognised() > before, timeout=30)
+    assert delivered() == 1
 
 
 def test_wechat_receipts_and_email_bounces_count_and_unsigned_ones_are_refused(site):

@@ -112,8 +112,34 @@ def test_figures_add_up_across_partitions_with_rates():
     [row] = engagement.summary([(key, first), (key, second)])
     assert row == {"kind": "shipped", "channel": "email", "variant": "A", "sent": 2, "failed": 0,
                    "delivered": 0, "opened": 1, "clicked": 1, "bounced": 0, "unsubscribed": 0,
+                   "unique_clicked": 1, "unique_opened": 1,
                    "opened_rate": 0.5, "clicked_rate": 0.5, "bounced_rate": 0.0}
     assert engagement.key({"kind": "shipped", "channel": "sms"}) == "shipped|sms|-"
+
+
+def test_a_message_opened_three_times_counts_three_opens_and_one_opened_message():
+    figures = engagement.count(None, "notification.sent")
+    for first in (True, False, False):
+        figures = engagement.count(figures, "notification.opened", first)
+    [row] = engagement.summary([("shipped|email|-", figures)])
+    assert (row["opened"], row["unique_opened"], row["opened_rate"]) == (3, 1, 1.0)
+    # A second delivery report of the same message is not a second delivery.
+    assert not engagement.counts("notification.delivered", first=False)
+
+
+def test_a_repeated_callback_changes_nothing_and_a_second_open_is_told_apart():
+    customer = CustomerState("CU-1")
+    opened = {"channel": "email", "notification_id": "ntf-1"}
+    assert engaged(customer, "notification.opened", opened, NOW, RULES, "eng-1") == "first"
+    assert engaged(customer, "notification.opened", opened, NOW, RULES, "eng-1") == "repeat"
+    assert engaged(customer, "notification.opened", opened, NOW, RULES, "eng-2") == "again"
+    assert engaged(customer, "notification.clicked", opened, NOW, RULES, "eng-3") == "first"
+    # One email's bounce, its report repeated and then reported again anew, is one bounce
+    # of the three in a row that stop email, not three.
+    soft = {"channel": "email", "notification_id": "ntf-2"}
+    for event_id in ("relay-1", "relay-1", "relay-2"):
+        engaged(customer, "notification.bounced", soft, NOW, RULES, event_id)
+    assert customer.soft_bounces == 1
 
 
 def news() -> Intent:
@@ -135,16 +161,23 @@ def test_an_unsubscribe_click_ends_marketing():
 
 def test_bounces_stop_email_until_a_new_address_comes():
     customer = CustomerState("CU-1")
+    sent = iter(range(100))
+
+    def bounce(person: CustomerState, **extra: str) -> None:
+        data = {"channel": "email", "notification_id": f"ntf-{next(sent)}", **extra}
+        engaged(person, "notification.bounced", data, NOW, RULES)
+
     for _ in range(RULES.policy.bounce_limit - 1):
-        engaged(customer, "notification.bounced", {"channel": "email"}, NOW, RULES)
-    engaged(customer, "notification.opened", {"channel": "email"}, NOW, RULES)  # it arrives after all
-    engaged(customer, "notification.bounced", {"channel": "email"}, NOW, RULES)
+        bounce(customer)
+    engaged(customer, "notification.opened", {"channel": "email", "notification_id": "ntf-x"},
+            NOW, RULES)  # one arrives after all
+    bounce(customer)
     assert route(news(), customer.preferences(NOW), RULES)[0].channel == "email"
     for _ in range(RULES.policy.bounce_limit - 1):
-        engaged(customer, "notification.bounced", {"channel": "email"}, NOW, RULES)
+        bounce(customer)
     assert route(news(), customer.preferences(NOW), RULES)[0].channel == "sms"
     hard = CustomerState("CU-2")
-    engaged(hard, "notification.bounced", {"channel": "email", "bounce_type": "hard"}, NOW, RULES)
+    bounce(hard, bounce_type="hard")
     assert route(news(), hard.preferences(NOW), RULES)[0].channel == "sms"
     from worker.domain.customer import update_preferences
     later = NOW + timedelta(hours=1)

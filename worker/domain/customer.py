@@ -9,6 +9,7 @@ customer's next channel through :func:`fallback`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from worker.domain.rules import KindRule, Policy, Rules
 DECIDED_LIMIT = 200  # recent notification ids, to recognise a redelivered intent
 VERSIONS_LIMIT = 8  # preference updates kept apart; older ones are folded together
 DELIVERING_LIMIT = 20  # recent sends that could still fall back to another channel
+ENGAGED_LIMIT = 64  # recent notifications (and engagement events) whose engagement is known
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,10 @@ class CustomerState:
     soft_bounces: int = 0  # in a row, since the last email that arrived
     # Emails that go again on another channel unless opened: {"due", "id", "to", "intent"}
     escalations: list[dict[str, Any]] = field(default_factory=list)
+    # Notification id -> the engagement event types heard of it, and the events' ids: a
+    # provider that repeats a callback, or a customer opening a message twice, is told apart.
+    engaged: dict[str, list[str]] = field(default_factory=dict)
+    engagement_ids: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CustomerState:
@@ -169,10 +175,29 @@ def fallback(state: CustomerState, failed_id: str, now: datetime, rules: Rules,
 
 
 def engaged(state: CustomerState, event_type: str, data: dict[str, Any], now: datetime,
-            rules: Rules) -> None:
+            rules: Rules, event_id: str = "") -> str:
     """What a customer's engagement changes in their preferences: an unsubscribe click ends
     marketing; a hard bounce, or ``bounce_limit`` soft ones in a row, ends email to that
-    address; an email that arrived, or was opened, resets the count."""
+    address; an email that arrived, or was opened, resets the count.
+
+    Answers ``"repeat"`` for an event seen before (``event_id``: a provider repeating its
+    callback), which changes nothing; ``"again"`` for another event of the same type about
+    the same notification (a second open, a second bounce report of one email), which
+    changes nothing either; else ``"first"``."""
+    if event_id:
+        # Kept short (64 bits): uuids do not compress, and the state is kept for every customer.
+        short = hashlib.blake2b(event_id.encode(), digest_size=8).hexdigest()
+        if short in state.engagement_ids:
+            return "repeat"
+        state.engagement_ids = [*state.engagement_ids, short][-ENGAGED_LIMIT:]
+    notification_id = str(data.get("notification_id", ""))
+    heard = state.engaged.pop(notification_id, [])
+    state.engaged[notification_id] = heard  # the latest last, the oldest forgotten first
+    while len(state.engaged) > ENGAGED_LIMIT:
+        del state.engaged[next(iter(state.engaged))]
+    if event_type in heard:
+        return "again"
+    heard.append(event_type)
     if event_type == "notification.unsubscribed":
         update_preferences(state, {"marketing_opt_in": False}, now)
     elif event_type == "notification.bounced" and data.get("channel", "email") == "email":
@@ -184,7 +209,8 @@ def engaged(state: CustomerState, event_type: str, data: dict[str, Any], now: da
             and data.get("channel") == "email":
         state.soft_bounces = 0
     if event_type in ("notification.opened", "notification.clicked"):
-        state.escalations = [e for e in state.escalations if e["id"] != data.get("notification_id")]
+        state.escalations = [e for e in state.escalations if e["id"] != notification_id]
+    return "first"
 
 
 def erase(state: CustomerState, at: datetime) -> list[Action]:
