@@ -4,6 +4,7 @@ rules (:mod:`worker.domain.order`) and the watch on moving parcels
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ class Due:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # an order's few times, shifted alike on every decision
 def plus(at: str, **delta: float) -> str:
     return stamp(datetime.fromisoformat(at) + timedelta(**delta))
 

@@ -52,11 +52,11 @@ def quantile(histogram: Mapping[str, int], q: float) -> float | None:
         return None
     rank = q * n
     seen = 0
-    for index in sorted(int(k) for k in histogram):
-        seen += histogram[str(index)]
+    for index, count in sorted((int(k), c) for k, c in histogram.items()):
+        seen += count
         if seen >= rank:
             return bucket_middle(index)
-    return bucket_middle(max(int(k) for k in histogram))
+    return bucket_middle(index)
 
 
 def share_above(histogram: Mapping[str, int], seconds: float) -> float:

@@ -11,6 +11,7 @@ figures of the parcel's lanes, most specific first.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -182,12 +183,13 @@ def long_silence(leg: str, lanes: Sequence[Figures], rules: Prediction, silent: 
     return None
 
 
-def add_working(start: str, seconds: float, non_working: Sequence[int]) -> str:
+@functools.lru_cache(maxsize=1 << 16)  # the watch asks the same of a parcel on every decision
+def add_working(start: str, seconds: float, non_working: tuple[int, ...]) -> str:
     """``seconds`` of the carrier's working time after ``start``: its non-working weekdays
     (Monday = 0; whole UTC days) do not count, and the result never falls on one."""
     at = datetime.fromisoformat(start)
     left = timedelta(seconds=seconds)
-    if len(set(non_working)) >= 7:
+    if not non_working or len(set(non_working)) >= 7:
         return stamp(at + left)
     while left > timedelta(0):
         midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
@@ -204,6 +206,8 @@ def add_working(start: str, seconds: float, non_working: Sequence[int]) -> str:
 def working_seconds(start: str, end: str, non_working: Sequence[int]) -> float:
     """Seconds between two times, less the carrier's non-working days."""
     at, until = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    if not non_working:
+        return max((until - at).total_seconds(), 0.0)
     total = 0.0
     while at < until:
         midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
@@ -226,7 +230,7 @@ def starting_point(parcel: Shipment) -> tuple[str, str] | None:
 
 def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,
             carrier_eta: str | None = None, quantile: float = 0.5,
-            days_off: Sequence[int] = ()) -> str | None:
+            days_off: tuple[int, ...] = ()) -> str | None:
     """When the parcel will be delivered: the time it reached ``milestone`` plus the lane's
     ``quantile`` of the time left from there (the median by default); the carrier's latest
     estimate wins when later (the carrier knows of a missed connection), less a margin for an
