@@ -10,8 +10,8 @@ figures of the parcel's lanes, most specific first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
