@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 
 from worker.domain import histogram, lanes
 from worker.domain.rules import Prediction
@@ -35,8 +34,28 @@ def test_merged_days_are_the_sum_of_their_counts_and_stay_json_ready():
     merged = histogram.merge([a, b])
     assert histogram.total(merged) == 3
     assert all(isinstance(k, str) and isinstance(v, int) for k, v in merged.items())
-    assert histogram.share_above(merged, 10 * HOUR) == pytest.approx(1 / 3)
+    assert histogram.count_above(merged, 10 * HOUR) == 1
     assert histogram.quantile({}, 0.5) is None
+
+
+def test_a_tail_is_counted_and_ranked_as_the_samples_beyond_it_alone():
+    rng = random.Random(5)
+    for _ in range(200):
+        h: histogram.Histogram = {}
+        for _ in range(rng.randrange(0, 60)):
+            histogram.add(h, rng.lognormvariate(0, 1.2) * 6 * HOUR)
+        silent = rng.choice([0, 30, 2 * HOUR, 6 * HOUR, 20 * HOUR, 400 * HOUR])
+        beyond = {k: c for k, c in h.items() if int(k) > histogram.bucket(silent)}
+        assert histogram.count_above(h, silent) == sum(beyond.values())
+        for q in (0.0, 0.5, 0.9, 1.0):
+            expected = None
+            if beyond:  # the first bucket, in order, where the running count reaches q of them
+                ranked = sorted((int(k), c) for k, c in beyond.items())
+                running = [sum(c for _, c in ranked[: i + 1]) for i in range(len(ranked))]
+                first = next(i for i, seen in enumerate(running) if seen >= q * running[-1])
+                expected = histogram.bucket_middle(ranked[first][0])
+            assert histogram.quantile_above(h, silent, q) == expected, (h, silent, q)
+            assert histogram.quantile(beyond, q) == expected
 
 
 def test_lane_keys_go_from_the_route_to_the_carrier():

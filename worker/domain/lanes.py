@@ -177,9 +177,9 @@ def long_silence(leg: str, lanes: Sequence[Figures], rules: Prediction, silent: 
     will last in all, from the lane's past silences at least that long; None when the lane
     has seen too few of them to say."""
     for lane in lanes:
-        longer = histogram.above(lane.get("gaps", {}).get(leg, {}), silent)
-        if histogram.total(longer) >= rules.min_tail_samples:
-            return histogram.quantile(longer, q)
+        gaps = lane.get("gaps", {}).get(leg, {})
+        if histogram.count_above(gaps, silent) >= rules.min_tail_samples:
+            return histogram.quantile_above(gaps, silent, q)
     return None
 
 
