@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-
 from worker.domain import histogram, lanes
 from worker.domain.rules import Prediction
 from worker.domain.shipment import Shipment

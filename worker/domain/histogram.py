@@ -57,8 +57,7 @@ def quantile(histogram: Mapping[str, int], q: float) -> float | None:
 def count_above(histogram: Mapping[str, int], seconds: float) -> int:
     """The samples longer than ``seconds``."""
     indices, running = _ranked(tuple(histogram.items()))
-    first = bisect.bisect_right(indices, bucket(seconds))
-    return running[-1] - (running[first - 1] if first else 0) if running else 0
+    return _count(running, bisect.bisect_right(indices, bucket(seconds)))
 
 
 def quantile_above(histogram: Mapping[str, int], seconds: float, q: float) -> float | None:
@@ -68,12 +67,17 @@ def quantile_above(histogram: Mapping[str, int], seconds: float, q: float) -> fl
     return _quantile(indices, running, bisect.bisect_right(indices, bucket(seconds)), q)
 
 
+def _count(running: tuple[int, ...], first: int) -> int:
+    """The samples in the buckets from the ``first`` on."""
+    return running[-1] - (running[first - 1] if first else 0) if running else 0
+
+
 def _quantile(indices: tuple[int, ...], running: tuple[int, ...], first: int, q: float) -> float | None:
     """The quantile ``q`` of the samples in the buckets from the ``first`` on."""
-    before = running[first - 1] if first else 0
-    n = running[-1] - before if running else 0
+    n = _count(running, first)
     if n == 0:
         return None
+    before = running[-1] - n
     at = bisect.bisect_left(running, q * n, lo=first, key=lambda seen: seen - before)
     return bucket_middle(indices[min(at, len(indices) - 1)])
 
