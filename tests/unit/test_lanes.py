@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime
 
 from worker.domain import histogram, lanes
 from worker.domain.rules import Prediction
@@ -101,6 +102,23 @@ def test_a_carriers_day_off_does_not_count_towards_a_stall():
         "2026-11-09T12:00:00+00:00")
     assert lanes.add_working("2026-11-07T12:00:00+00:00", 24 * HOUR, ()) == (
         "2026-11-08T12:00:00+00:00")
+
+
+def test_working_time_skips_whole_days_off_on_the_stamps_own_calendar():
+    # Friday 2026-11-06 20:00 at +08:00, weekends off: 10 h of work end Monday 06:00 there.
+    assert lanes.add_working("2026-11-06T20:00:00+08:00", 10 * HOUR, (5, 6)) == (
+        "2026-11-08T22:00:00+00:00")
+    assert lanes.working_seconds("2026-11-06T20:00:00+08:00", "2026-11-09T06:00:00+08:00",
+                                 (5, 6)) == 10 * HOUR
+    rng = random.Random(11)
+    for _ in range(500):
+        days_off = tuple(rng.sample(range(7), rng.randint(1, 3)))
+        start = f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:00:00+00:00"
+        seconds = float(rng.randint(0, 12 * 24 * HOUR))
+        end = lanes.add_working(start, seconds, days_off)
+        assert datetime.fromisoformat(end).weekday() not in days_off  # a deadline never on a day off
+        if datetime.fromisoformat(start).weekday() not in days_off:
+            assert lanes.working_seconds(start, end, days_off) == seconds
 
 
 def test_a_silence_over_a_day_off_is_learned_without_it():

@@ -186,21 +186,26 @@ def long_silence(leg: str, lanes: Sequence[Figures], rules: Prediction, silent: 
 @functools.lru_cache(maxsize=1 << 16)  # the watch asks the same of a parcel on every decision
 def add_working(start: str, seconds: float, non_working: tuple[int, ...]) -> str:
     """``seconds`` of the carrier's working time after ``start``: its non-working weekdays
-    (Monday = 0; whole UTC days) do not count, and the result never falls on one."""
+    (Monday = 0; whole days of ``start``'s offset, UTC for stamps) do not count, and the
+    result never falls on one."""
     at = datetime.fromisoformat(start)
     left = timedelta(seconds=seconds)
     if not non_working or len(set(non_working)) >= 7:
         return stamp(at + left)
-    while left > timedelta(0):
-        midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
-        if at.weekday() in non_working:
-            at = midnight
+    # Day by day in whole microseconds of the start's own calendar: the same steps in
+    # datetime arithmetic took three times as long a day.
+    t, left_us = _local_us(at), left // _US
+    while left_us > 0:
+        day = t // _DAY_US
+        midnight = (day + 1) * _DAY_US
+        if _weekday(day) in non_working:
+            t = midnight
             continue
-        step = min(left, midnight - at)
-        at, left = at + step, left - step
-    while at.weekday() in non_working:  # a deadline never falls on a day off
-        at = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
-    return stamp(at)
+        step = min(left_us, midnight - t)
+        t, left_us = t + step, left_us - step
+    while _weekday(t // _DAY_US) in non_working:  # a deadline never falls on a day off
+        t = (t // _DAY_US + 1) * _DAY_US
+    return stamp((_EPOCH + t * _US).replace(tzinfo=at.tzinfo))
 
 
 def working_seconds(start: str, end: str, non_working: Sequence[int]) -> float:
@@ -208,14 +213,31 @@ def working_seconds(start: str, end: str, non_working: Sequence[int]) -> float:
     at, until = datetime.fromisoformat(start), datetime.fromisoformat(end)
     if not non_working:
         return max((until - at).total_seconds(), 0.0)
+    t = _local_us(at)
+    end_us = t + (until - at) // _US
     total = 0.0
-    while at < until:
-        midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), at.tzinfo)
-        step = min(until, midnight) - at
-        if at.weekday() not in non_working:
-            total += step.total_seconds()
-        at += step
+    while t < end_us:
+        day = t // _DAY_US
+        step = min(end_us, (day + 1) * _DAY_US) - t
+        if _weekday(day) not in non_working:
+            total += step / 1_000_000  # a day at a time, as the figures were always summed
+        t += step
     return total
+
+
+_US = timedelta(microseconds=1)
+_DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _local_us(at: datetime) -> int:
+    """Microseconds from 1970-01-01 to ``at`` on its own (local) calendar."""
+    return (at.replace(tzinfo=None) - _EPOCH) // _US
+
+
+def _weekday(day: int) -> int:
+    """The weekday (Monday = 0) of the ``day``-th day after 1970-01-01, a Thursday."""
+    return (day + 3) % 7
 
 
 def starting_point(parcel: Shipment) -> tuple[str, str] | None:

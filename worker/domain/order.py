@@ -311,7 +311,7 @@ def _calls(state: OrderState, rules: Rules, lanes: LaneLookup = no_lanes) -> Ite
     if order is None:
         return
     segment = order["customer"].get("segment")
-    on = {kind for kind in rules.kinds if rules.kind(kind, segment)}
+    on = rules.kinds_on(segment)
     if state.cancelled_at:
         if "order_cancelled" in on:
             yield Due("order_cancelled", "", state.cancelled_at, ("order.created", "order.cancelled"))
@@ -347,7 +347,7 @@ def _calls(state: OrderState, rules: Rules, lanes: LaneLookup = no_lanes) -> Ite
                           ("order.created",), facts={"categories": sorted(c for c in categories if c)})
 
 
-def _parcel_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules, number: int,
+def _parcel_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rules, number: int,
                   count: int) -> Iterator[Due]:
     sid, policy = p.shipment_id, rules.policy
     cause = (f"tracking.updated:{sid}", f"order.shipped:{sid}")

@@ -123,17 +123,22 @@ class Rules:
     high_value: HighValue = HighValue()
     prediction: Prediction = Prediction()
     risk: Risk = Risk()
+    # segment -> the kinds on for it, worked out once: every decision asks.
+    _on: dict[str | None, frozenset[str]] = field(default_factory=dict, init=False,
+                                                  repr=False, compare=False)
 
-    def kind(self, kind: str, segment: str | None = None) -> KindRule | None:
-        """The kind's rule when it is on for a customer of ``segment``, else None."""
-        rule = self.kinds.get(kind)
-        if rule is None:
-            return None
-        enabled = rule.enabled
+    def kinds_on(self, segment: str | None = None) -> frozenset[str]:
+        """The kinds on for a customer of ``segment``."""
+        if (on := self._on.get(segment)) is None:
+            on = self._on[segment] = frozenset(k for k in self.kinds if self._is_on(k, segment))
+        return on
+
+    def _is_on(self, kind: str, segment: str | None) -> bool:
+        enabled = self.kinds[kind].enabled
         seg = self.segments.get(segment or "")
         if seg is not None:
             enabled = (enabled or kind in seg.enable) and kind not in seg.disable
-        return rule if enabled else None
+        return enabled
 
 
 def parse(raw: Mapping[str, Any]) -> Rules:

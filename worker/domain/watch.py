@@ -30,7 +30,7 @@ DAY = 86400
 KINDS = frozenset({"tracking_stalled", "delay_notice", "arriving_soon"})
 
 
-def watch_calls(state: OrderState, p: Shipment, on: set[str], rules: Rules,
+def watch_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rules,
                  lanes: list[Figures]) -> Iterator[Due]:
     """A parcel on its way: has it stalled, will it be late, does it arrive tomorrow?"""
     sid, pred = p.shipment_id, rules.prediction
