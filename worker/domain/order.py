@@ -372,23 +372,25 @@ def _parcel_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rul
     if delivered:
         calls.append(due("delivered", "", delivered,
                          all_delivered=state.delivered_at is not None))
-    arrived = p.times("ARRIVED_AT_DESTINATION")
+    times: dict[str | None, list[str]] = {}  # milestone -> when, in one pass over the scans
+    for c in p.checkpoints:
+        times.setdefault(c[1], []).append(c[0])
+    arrived = times.get("ARRIVED_AT_DESTINATION")
     if arrived:
         not_yet = not delivered and p.milestone == "ARRIVED_AT_DESTINATION"
         calls.append(due("in_transit_update", "", arrived[0], send=not_yet))
-    customs = p.times("CUSTOMS") + [c[0] for c in p.checkpoints
-                                    if c[1] == "EXCEPTION" and c[2] == "customs"]
+    customs = times.get("CUSTOMS", []) + [c[0] for c in p.checkpoints
+                                          if c[1] == "EXCEPTION" and c[2] == "customs"]
     if customs:
         calls.append(due("customs_hold", "", min(customs), send=not delivered))
-    failures = p.times("DELIVERY_FAILED")
+    failures = times.get("DELIVERY_FAILED", [])
     for attempt, at in enumerate(failures[: policy.failed_attempts_notified], 1):
         calls.append(due("delivery_failed", f"#{attempt}", at, send=not delivered,
                          attempt=attempt))
-    for round_, at in enumerate(p.times("OUT_FOR_DELIVERY"), 1):
-        superseded = delivered or any(f > at for f in failures) or any(
-            a > at for a in p.times("AVAILABLE_FOR_PICKUP"))
+    pickup = times.get("AVAILABLE_FOR_PICKUP", [])
+    for round_, at in enumerate(times.get("OUT_FOR_DELIVERY", []), 1):
+        superseded = delivered or any(f > at for f in failures) or any(a > at for a in pickup)
         calls.append(due("out_for_delivery", f"#{round_}", at, send=not superseded))
-    pickup = p.times("AVAILABLE_FOR_PICKUP")
     if pickup:
         calls.append(due("available_for_pickup", "", pickup[0], send=not delivered))
     reason = p.open_exception
