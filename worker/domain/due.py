@@ -1,5 +1,5 @@
 """One notification an order's facts call for, and from when: what the order stage's
-rules (:mod:`worker.domain.order`) and the watch on moving parcels
+rules (:mod:`worker.domain.calls`) and the watch on moving parcels
 (:mod:`worker.domain.watch`) both answer with."""
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Per-order state and the notifications it calls for.
 
 Events only change the state (:func:`apply`); what to tell the customer is decided
-from the state and the time (:func:`wake`), so checkpoints that arrive late, twice or
+from the state and the time (:func:`wake`, on what :mod:`worker.domain.calls` says the
+facts call for), so checkpoints that arrive late, twice or
 out of order between two decisions never change what is said. Each decision has a
 deterministic id and is made once; :func:`wake` also says when to look again.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from worker.domain.calls import calls
 from worker.domain.clock import arrival, stamp
 from worker.domain.due import Due, plus
 from worker.domain.lanes import Figures, Lesson, lane_keys, lesson, stalled
@@ -24,13 +26,10 @@ from worker.domain.milestones import canonical
 from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment, known_late, told_eta
-from worker.domain.watch import watch_calls
 
 SEEN_LIMIT = 16  # recent event digests, only to count redeliveries
 RETURN_STEPS = {"order.return_requested": "requested", "order.return_received": "received",
                 "order.refunded": "refunded"}
-CARE_CATEGORIES = frozenset({"fresh", "fragile", "beauty", "apparel"})
-CONSUMABLE_CATEGORIES = frozenset({"fresh", "beauty"})
 # The figures of the lanes named, most specific first; those without figures left out.
 LaneLookup = Callable[[Sequence[str]], list[Figures]]
 
@@ -216,7 +215,7 @@ def wake(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_
     when = max(stamp(now), state.woken_at or "")
     state.woken_at, moment = when, datetime.fromisoformat(when)
     view = as_of(state, when)
-    for due in _calls(view, rules, lanes):
+    for due in calls(view, rules, lanes):
         nid = notification_id(state.order_id, due.kind, due.occasion)
         if nid in state.decided:
             continue
@@ -303,100 +302,6 @@ def _count(state: OrderState, due: Due) -> None:
         state.stalls[sid] = state.stalls.get(sid, 0) + 1
     if due.kind == "delay_notice":
         state.delays[sid] = max(state.delays.get(sid, 0), due.facts["days_late"])
-
-
-def _calls(state: OrderState, rules: Rules, lanes: LaneLookup = no_lanes) -> Iterator[Due]:
-    """Every notification the order's facts call for, decided or not, with its due time."""
-    order = state.order
-    if order is None:
-        return
-    segment = order["customer"].get("segment")
-    on = rules.kinds_on(segment)
-    if state.cancelled_at:
-        if "order_cancelled" in on:
-            yield Due("order_cancelled", "", state.cancelled_at, ("order.created", "order.cancelled"))
-        return
-    policy = rules.policy
-    if state.paid_at and "order_confirmed" in on:
-        yield Due("order_confirmed", "", state.paid_at, ("order.created", "order.paid"))
-    if state.paid_at and not state.shipments and "ship_delayed" in on:
-        ship_by = order.get("promised_ship_by")
-        due = stamp(ship_by) if ship_by else plus(state.paid_at, hours=policy.ship_sla_hours)
-        new_date = plus(due, days=policy.ship_delay_days)
-        yield Due("ship_delayed", "", due, ("order.paid",),
-                  facts={"missed_ship_by": due, "new_ship_by": new_date})
-    for step, at in state.returns.items():
-        if "return_update" in on:
-            yield Due("return_update", step, at, (f"order.return_{step}", "order.refunded"),
-                      facts={"return_step": step})
-    parcels = state.parcels()
-    for number, parcel in enumerate(parcels, 1):
-        yield from _parcel_calls(state, parcel, on, rules, number, len(parcels))
-        if not parcel.delivered_at and not parcel.open_exception:
-            yield from watch_calls(state, parcel, on, rules, lanes(
-                lane_keys(parcel.carrier, parcel.origin, parcel.destination)))
-    delivered = state.delivered_at
-    if delivered and not state.returns:
-        items = order.get("items", [])
-        categories = {i.get("category") for i in items}
-        late = [("review_request", True), ("post_delivery_care", bool(categories & CARE_CATEGORIES)),
-                ("replenishment_reminder", bool(categories & CONSUMABLE_CATEGORIES))]
-        for kind, applies in late:
-            if applies and kind in on:
-                yield Due(kind, "", plus(delivered, minutes=rules.kinds[kind].delay_minutes),
-                          ("order.created",), facts={"categories": sorted(c for c in categories if c)})
-
-
-def _parcel_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rules, number: int,
-                  count: int) -> Iterator[Due]:
-    sid, policy = p.shipment_id, rules.policy
-    cause = (f"tracking.updated:{sid}", f"order.shipped:{sid}")
-    delivered = p.delivered_at
-    facts = {"parcel_number": number, "parcel_count": count}
-
-    def due(kind: str, occasion: str, at: str, send: bool = True, **extra: Any) -> Due | None:
-        if kind not in on:
-            return None
-        delay = rules.kinds[kind].delay_minutes
-        return Due(kind, f"{sid}{occasion}", plus(at, minutes=delay) if delay else at, cause, p,
-                   send, {**facts, **extra})
-
-    calls: list[Due | None] = []
-    first_scan = p.first_scan_at
-    if first_scan or p.label_at:
-        grace = plus(p.label_at, hours=policy.label_grace_hours) if p.label_at else first_scan
-        at = min(t for t in (first_scan, grace) if t)
-        # Never on a label alone and never after delivery: a parcel whose first news is
-        # its delivery only gets `delivered`.
-        calls.append(due("shipped", "", at, send=not delivered))
-    if delivered:
-        calls.append(due("delivered", "", delivered,
-                         all_delivered=state.delivered_at is not None))
-    times: dict[str | None, list[str]] = {}  # milestone -> when, in one pass over the scans
-    for c in p.checkpoints:
-        times.setdefault(c[1], []).append(c[0])
-    arrived = times.get("ARRIVED_AT_DESTINATION")
-    if arrived:
-        not_yet = not delivered and p.milestone == "ARRIVED_AT_DESTINATION"
-        calls.append(due("in_transit_update", "", arrived[0], send=not_yet))
-    customs = times.get("CUSTOMS", []) + [c[0] for c in p.checkpoints
-                                          if c[1] == "EXCEPTION" and c[2] == "customs"]
-    if customs:
-        calls.append(due("customs_hold", "", min(customs), send=not delivered))
-    failures = times.get("DELIVERY_FAILED", [])
-    for attempt, at in enumerate(failures[: policy.failed_attempts_notified], 1):
-        calls.append(due("delivery_failed", f"#{attempt}", at, send=not delivered,
-                         attempt=attempt))
-    pickup = times.get("AVAILABLE_FOR_PICKUP", [])
-    for round_, at in enumerate(times.get("OUT_FOR_DELIVERY", []), 1):
-        superseded = delivered or any(f > at for f in failures) or any(a > at for a in pickup)
-        calls.append(due("out_for_delivery", f"#{round_}", at, send=not superseded))
-    if pickup:
-        calls.append(due("available_for_pickup", "", pickup[0], send=not delivered))
-    reason = p.open_exception
-    if reason and reason != "customs" and p.latest:
-        calls.append(due("delivery_exception", f":{reason}", p.latest[0], reason=reason))
-    yield from (c for c in calls if c is not None)
 
 
 def _intent(state: OrderState, due: Due, nid: str, now: datetime, rules: Rules) -> Intent:
