@@ -81,16 +81,16 @@ def _parcel_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rul
         return Due(kind, f"{sid}{occasion}", plus(at, minutes=delay) if delay else at, cause, p,
                    send, {**facts, **extra})
 
-    calls: list[Due | None] = []
+    found: list[Due | None] = []
     first_scan = p.first_scan_at
     if first_scan or p.label_at:
         grace = plus(p.label_at, hours=policy.label_grace_hours) if p.label_at else first_scan
         at = min(t for t in (first_scan, grace) if t)
         # Never on a label alone and never after delivery: a parcel whose first news is
         # its delivery only gets `delivered`.
-        calls.append(due("shipped", "", at, send=not delivered))
+        found.append(due("shipped", "", at, send=not delivered))
     if delivered:
-        calls.append(due("delivered", "", delivered,
+        found.append(due("delivered", "", delivered,
                          all_delivered=state.delivered_at is not None))
     times: dict[str | None, list[str]] = {}  # milestone -> when, in one pass over the scans
     for c in p.checkpoints:
@@ -98,22 +98,22 @@ def _parcel_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rul
     arrived = times.get("ARRIVED_AT_DESTINATION")
     if arrived:
         not_yet = not delivered and p.milestone == "ARRIVED_AT_DESTINATION"
-        calls.append(due("in_transit_update", "", arrived[0], send=not_yet))
+        found.append(due("in_transit_update", "", arrived[0], send=not_yet))
     customs = times.get("CUSTOMS", []) + [c[0] for c in p.checkpoints
                                           if c[1] == "EXCEPTION" and c[2] == "customs"]
     if customs:
-        calls.append(due("customs_hold", "", min(customs), send=not delivered))
+        found.append(due("customs_hold", "", min(customs), send=not delivered))
     failures = times.get("DELIVERY_FAILED", [])
     for attempt, at in enumerate(failures[: policy.failed_attempts_notified], 1):
-        calls.append(due("delivery_failed", f"#{attempt}", at, send=not delivered,
+        found.append(due("delivery_failed", f"#{attempt}", at, send=not delivered,
                          attempt=attempt))
     pickup = times.get("AVAILABLE_FOR_PICKUP", [])
     for round_, at in enumerate(times.get("OUT_FOR_DELIVERY", []), 1):
         superseded = delivered or any(f > at for f in failures) or any(a > at for a in pickup)
-        calls.append(due("out_for_delivery", f"#{round_}", at, send=not superseded))
+        found.append(due("out_for_delivery", f"#{round_}", at, send=not superseded))
     if pickup:
-        calls.append(due("available_for_pickup", "", pickup[0], send=not delivered))
+        found.append(due("available_for_pickup", "", pickup[0], send=not delivered))
     reason = p.open_exception
     if reason and reason != "customs" and p.latest:
-        calls.append(due("delivery_exception", f":{reason}", p.latest[0], reason=reason))
-    yield from (c for c in calls if c is not None)
+        found.append(due("delivery_exception", f":{reason}", p.latest[0], reason=reason))
+    yield from (c for c in found if c is not None)
