@@ -25,7 +25,8 @@ def bucket(seconds: float) -> int:
 
 def bucket_middle(index: int) -> float:
     """The geometric middle of a bucket: the value a quantile in it stands for."""
-    return FLOOR * GROWTH ** (index + 0.5)
+    # float(): a float to a float's power is typed Any (a negative base gives a complex).
+    return float(FLOOR * GROWTH ** (index + 0.5))
 
 
 Histogram = dict[str, int]  # str(bucket) -> count: JSON-ready as it is

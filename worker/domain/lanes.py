@@ -86,7 +86,7 @@ def in_incident(lanes: Sequence[Figures], at: str, rules: Prediction) -> bool:
     if not found:
         return False
     until = stamp(datetime.fromisoformat(found["last"]) + timedelta(hours=rules.incident_hours))
-    return found["since"] <= at <= until
+    return bool(found["since"] <= at <= until)
 
 
 def lane_keys(carrier: str, origin: Mapping[str, Any], destination: Mapping[str, Any]) -> list[str]:

@@ -61,9 +61,10 @@ def sightings(order_id: str, order: Mapping[str, Any] | None, shipments: Mapping
     customer_id, placed = (order.get("customer") or {}).get("id"), order.get("placed_at")
     if not customer_id or not placed:
         return []
-    addresses = {fingerprint(parcel.get("destination") or {}) for parcel in shipments.values()}
+    found = (fingerprint(parcel.get("destination") or {}) for parcel in shipments.values())
+    addresses = {a for a in found if a is not None}
     # The window is of orders placed: that is when a ring acts, whenever the shop ships.
-    return [Sighting(a, order_id, customer_id, stamp(placed)) for a in sorted(addresses - {None})]
+    return [Sighting(a, order_id, customer_id, stamp(placed)) for a in sorted(addresses)]
 
 
 def seen(entry: Mapping[str, Any] | None, s: Sighting, rules: Risk) -> tuple[dict[str, Any], Alert | None]:
