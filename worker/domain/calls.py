@@ -15,7 +15,7 @@ from worker.domain.clock import stamp
 from worker.domain.due import Due, plus
 from worker.domain.lanes import lane_keys
 from worker.domain.rules import Rules
-from worker.domain.shipment import Shipment
+from worker.domain.shipment import Shipment, last_delivery
 from worker.domain.watch import watch_calls
 
 if TYPE_CHECKING:
@@ -50,12 +50,12 @@ def calls(state: OrderState, rules: Rules, lanes: LaneLookup) -> Iterator[Due]:
             yield Due("return_update", step, at, (f"order.return_{step}", "order.refunded"),
                       facts={"return_step": step})
     parcels = state.parcels()
+    delivered = last_delivery(parcels)  # the whole order's
     for number, parcel in enumerate(parcels, 1):
-        yield from _parcel_calls(state, parcel, on, rules, number, len(parcels))
+        yield from _parcel_calls(parcel, on, rules, number, len(parcels), delivered is not None)
         if not parcel.delivered_at and not parcel.open_exception:
             yield from watch_calls(state, parcel, on, rules, lanes(
                 lane_keys(parcel.carrier, parcel.origin, parcel.destination)))
-    delivered = state.delivered_at
     if delivered and not state.returns:
         items = order.get("items", [])
         categories = {i.get("category") for i in items}
@@ -67,8 +67,8 @@ def calls(state: OrderState, rules: Rules, lanes: LaneLookup) -> Iterator[Due]:
                           ("order.created",), facts={"categories": sorted(c for c in categories if c)})
 
 
-def _parcel_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rules, number: int,
-                  count: int) -> Iterator[Due]:
+def _parcel_calls(p: Shipment, on: frozenset[str], rules: Rules, number: int, count: int,
+                  all_delivered: bool) -> Iterator[Due]:
     sid, policy = p.shipment_id, rules.policy
     cause = (f"tracking.updated:{sid}", f"order.shipped:{sid}")
     delivered = p.delivered_at
@@ -90,8 +90,7 @@ def _parcel_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rul
         # its delivery only gets `delivered`.
         found.append(due("shipped", "", at, send=not delivered))
     if delivered:
-        found.append(due("delivered", "", delivered,
-                         all_delivered=state.delivered_at is not None))
+        found.append(due("delivered", "", delivered, all_delivered=all_delivered))
     times: dict[str | None, list[str]] = {}  # milestone -> when, in one pass over the scans
     for c in p.checkpoints:
         times.setdefault(c[1], []).append(c[0])

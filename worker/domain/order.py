@@ -25,7 +25,7 @@ from worker.domain.envelope import Envelope
 from worker.domain.milestones import canonical
 from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
-from worker.domain.shipment import Shipment, known_late, told_eta
+from worker.domain.shipment import Shipment, known_late, last_delivery, told_eta
 
 SEEN_LIMIT = 16  # recent event digests, only to count redeliveries
 RETURN_STEPS = {"order.return_requested": "requested", "order.return_received": "received",
@@ -88,11 +88,7 @@ class OrderState:
     @property
     def delivered_at(self) -> str | None:
         """The order is delivered when its last parcel is."""
-        parcels = self.parcels()
-        times = [p.delivered_at for p in parcels]
-        if not parcels or None in times:
-            return None
-        return max(t for t in times if t)
+        return last_delivery(self.parcels())
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,14 @@ class Shipment:
         return None
 
 
+def last_delivery(parcels: list[Shipment]) -> str | None:
+    """When the last of the parcels was delivered; None until every one is."""
+    times = [p.delivered_at for p in parcels]
+    if not parcels or None in times:
+        return None
+    return max(t for t in times if t)
+
+
 def known_late(checkpoint: list[Any]) -> int:
     """Seconds between a checkpoint and the time it was known (0 in states kept before
     that was recorded)."""
