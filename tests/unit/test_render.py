@@ -5,7 +5,9 @@ import re
 import pytest
 
 from tests.conftest import example
-from worker.render import catalog_locale, render
+from tests.unit.stories import RULES, at, created, run, scan, shipped
+from worker.domain import tracking
+from worker.render import catalog_locale, page, render
 from worker.senders.smtp import build_message
 
 FACTS = {**example("order.created")["value"], "tracking_url": "https://shop.example/track?o=1"}
@@ -59,6 +61,26 @@ def test_html_escapes_what_customers_typed():
     content = render("order_confirmed", "en", "UTC", facts)
     assert "<script>" not in content.html and "&lt;script&gt;" in content.html
     assert "<script>x</script>" in content.text  # plain text is not HTML
+
+
+HOSTILE = "<img src=x onerror=alert(1)> \"quoted\" 'single' & more"
+ESCAPED = "&lt;img src=x onerror=alert(1)&gt; &#34;quoted&#34; &#39;single&#39; &amp; more"
+
+
+@pytest.mark.parametrize("locale", ["en", "zh_CN"])
+def test_the_tracking_page_escapes_what_carriers_and_customers_sent(locale):
+    told = run(created(), shipped(5, "P1"), shipped(6, "P2"), scan(8, "PICKED_UP", "P1"))
+    view = tracking.view(told.state, at(34), RULES)
+    view["shipments"][0]["timeline"][0]["place"] = HOSTILE  # a carrier's scan location
+    html = page("track.html.j2", locale, "UTC", {
+        "view": view, "form": {}, "message": "", "languages": [("en", "English")],
+        "switch": {"en": "/track?order=" + HOSTILE}, "inbox": [{
+            "created_at": at(10).isoformat(), "title": HOSTILE, "text": HOSTILE}]})
+    assert HOSTILE not in html and html.count(ESCAPED) == 4  # the place, the link, the message
+    form = page("track.html.j2", locale, "UTC", {
+        "view": None, "form": {"order": HOSTILE, "email": HOSTILE}, "message": HOSTILE,
+        "languages": [], "switch": {}, "inbox": []})
+    assert HOSTILE not in form and form.count(ESCAPED) == 3  # typed into the form, echoed back
 
 
 def test_email_is_multipart_alternative_with_text_and_html():

@@ -22,7 +22,12 @@ import jinja2
 from babel import Locale, dates, numbers
 from babel.messages.pofile import read_po
 from jinja2.ext import Extension
-from markupsafe import Markup
+from markupsafe import Markup, escape
+
+try:
+    from markupsafe import _escape_inner as _escape_str  # markupsafe 3: escape's C core
+except ImportError:  # pragma: no cover (markupsafe 2)
+    _escape_str = escape
 
 from worker.domain.sms import segments
 
@@ -146,6 +151,7 @@ def _environment(locale: str, html: bool) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         auto_reload=False,  # templates ship with the code; no file check on every render
     )
+    env.template_class = _Template
     env.install_gettext_translations(_translations(locale), newstyle=True)  # type: ignore[attr-defined]
     clock = _Clock(Locale.parse(locale))
     env.filters["date"] = jinja2.pass_context(lambda context, value: clock.day(_at(value, context[ZONE])))
@@ -157,6 +163,25 @@ def _environment(locale: str, html: bool) -> jinja2.Environment:
         locale, CARRIER_NAMES.get(slug, {}).get("en", slug))
     env.globals["locale"], env.globals["lang"] = locale, locale.replace("_", "-")
     return env
+
+
+class _Template(jinja2.Template):
+    """A compiled template whose ``{{ }}`` escape without wrapping each value in a
+    ``Markup``: a compiled template only joins what it escapes into its output (``yield
+    escape(...)``, or a buffer joined and wrapped once), and building a ``Markup`` is most
+    of an escape's cost (a tracking page escapes some eighty values: a sixth of drawing
+    it). The text is markupsafe's, byte for byte."""
+
+    @classmethod
+    def from_code(cls, environment: jinja2.Environment, code: Any, globals: Any,
+                  uptodate: Any = None) -> jinja2.Template:
+        template = super().from_code(environment, code, globals, uptodate)
+        template.root_render_func.__globals__["escape"] = _escape_text
+        return template
+
+
+def _escape_text(value: Any) -> str:
+    return _escape_str(value) if type(value) is str else escape(value)
 
 
 class _Clock:
