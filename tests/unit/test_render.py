@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import example
 from tests.unit.stories import RULES, at, created, run, scan, shipped
 from worker.domain import tracking
+from worker.domain.milestones import MILESTONES
 from worker.render import catalog_locale, page, render
 from worker.senders.smtp import build_message
 
@@ -67,20 +68,37 @@ HOSTILE = "<img src=x onerror=alert(1)> \"quoted\" 'single' & more"
 ESCAPED = "&lt;img src=x onerror=alert(1)&gt; &#34;quoted&#34; &#39;single&#39; &amp; more"
 
 
+def tracking_page(locale: str, **context) -> str:
+    return page("track.html.j2", locale, "UTC", {
+        "view": None, "form": {}, "message": "", "languages": [], "switch": {}, "inbox": [],
+        **context})
+
+
+def a_parcel_view() -> dict:
+    told = run(created(), shipped(5, "P1"), shipped(6, "P2"), scan(8, "PICKED_UP", "P1"))
+    return tracking.view(told.state, at(34), RULES)
+
+
 @pytest.mark.parametrize("locale", ["en", "zh_CN"])
 def test_the_tracking_page_escapes_what_carriers_and_customers_sent(locale):
-    told = run(created(), shipped(5, "P1"), shipped(6, "P2"), scan(8, "PICKED_UP", "P1"))
-    view = tracking.view(told.state, at(34), RULES)
+    view = a_parcel_view()
     view["shipments"][0]["timeline"][0]["place"] = HOSTILE  # a carrier's scan location
-    html = page("track.html.j2", locale, "UTC", {
-        "view": view, "form": {}, "message": "", "languages": [("en", "English")],
-        "switch": {"en": "/track?order=" + HOSTILE}, "inbox": [{
-            "created_at": at(10).isoformat(), "title": HOSTILE, "text": HOSTILE}]})
+    html = tracking_page(locale, view=view, languages=[("en", "English")],
+                         switch={"en": "/track?order=" + HOSTILE},
+                         inbox=[{"created_at": at(10).isoformat(), "title": HOSTILE, "text": HOSTILE}])
     assert HOSTILE not in html and html.count(ESCAPED) == 4  # the place, the link, the message
-    form = page("track.html.j2", locale, "UTC", {
-        "view": None, "form": {"order": HOSTILE, "email": HOSTILE}, "message": HOSTILE,
-        "languages": [], "switch": {}, "inbox": []})
+    form = tracking_page(locale, form={"order": HOSTILE, "email": HOSTILE}, message=HOSTILE)
     assert HOSTILE not in form and form.count(ESCAPED) == 3  # typed into the form, echoed back
+
+
+@pytest.mark.parametrize("locale", ["en", "zh_CN", "zh_TW"])
+def test_the_tracking_page_names_every_milestone_a_scan_can_have(locale):
+    view = a_parcel_view()
+    view["shipments"][0]["timeline"] = [{"at": at(8).isoformat(), "milestone": m, "place": ""}
+                                        for m in sorted(MILESTONES)]
+    shown = dict(re.findall(r'<li data-milestone="(\w+)"><time [^>]*>[^<]*</time>([^<]+)</li>',
+                            tracking_page(locale, view=view)))
+    assert shown.keys() == MILESTONES and not MILESTONES & set(shown.values())
 
 
 def test_email_is_multipart_alternative_with_text_and_html():
