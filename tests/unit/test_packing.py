@@ -62,16 +62,3 @@ def test_the_dictionary_is_the_frozen_sample():
     # Every saved state was deflated against it, and each names it by this id (zlib's
     # DICTID): an edit to the sample would leave them unreadable.
     assert zlib.adler32(DICTIONARY) == 201479999
-
-
-def test_states_packed_by_zlib_itself_read_as_they_were_and_the_reverse():
-    # Earlier versions deflated with the standard library's zlib; zlib-ng writes the same
-    # format, so a worker reads the tables whichever of the two wrote them.
-    for line in SAMPLE:
-        state = orjson.loads(line)
-        packer = zlib.compressobj(1, zdict=DICTIONARY)
-        by_zlib = b"\x01" + bytes(8) + packer.compress(line) + packer.flush()
-        assert unpack(by_zlib) == state
-        packed = pack(state, due=None)
-        unpacker = zlib.decompressobj(zdict=DICTIONARY)
-        assert orjson.loads(unpacker.decompress(packed[9:]) + unpacker.flush()) == state
