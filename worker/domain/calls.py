@@ -71,7 +71,10 @@ def _parcel_calls(p: Shipment, on: frozenset[str], rules: Rules, number: int, co
                   all_delivered: bool) -> Iterator[Due]:
     sid, policy = p.shipment_id, rules.policy
     cause = (f"tracking.updated:{sid}", f"order.shipped:{sid}")
-    delivered = p.delivered_at
+    times: dict[str | None, list[str]] = {}  # milestone -> when, in one pass over the scans
+    for c in p.checkpoints:
+        times.setdefault(c[1], []).append(c[0])
+    delivered = times.get("DELIVERED", [None])[0]  # p.delivered_at, from the same pass
     facts = {"parcel_number": number, "parcel_count": count}
 
     def due(kind: str, occasion: str, at: str, send: bool = True, **extra: Any) -> Due | None:
@@ -91,9 +94,6 @@ def _parcel_calls(p: Shipment, on: frozenset[str], rules: Rules, number: int, co
         found.append(due("shipped", "", at, send=not delivered))
     if delivered:
         found.append(due("delivered", "", delivered, all_delivered=all_delivered))
-    times: dict[str | None, list[str]] = {}  # milestone -> when, in one pass over the scans
-    for c in p.checkpoints:
-        times.setdefault(c[1], []).append(c[0])
     arrived = times.get("ARRIVED_AT_DESTINATION")
     if arrived:
         not_yet = not delivered and p.milestone == "ARRIVED_AT_DESTINATION"
