@@ -21,6 +21,9 @@ from worker.domain.rules import Prediction
 class LaneBook:
     def __init__(self, table: MutableMapping[bytes, bytes], rules: Prediction) -> None:
         self.table, self.rules, self.window_days = table, rules, rules.window_days
+        # lane -> the day buckets (as saved) its window merged: the next lesson on the lane
+        # changes one day, and only the days whose saved bucket differs are merged again.
+        self._windows: dict[str, tuple[dict[str, bytes], lanes.Window]] = {}
 
     def stalled(self, lane: str, at: str) -> tuple[dict[str, Any], bool]:
         """Count a stall on ``lane``; answers the lane's figures and whether an incident
@@ -63,8 +66,23 @@ class LaneBook:
             self.table.pop(f"{lane}|{old}".encode(), None)
         days = [d for d in days if d >= first]
         self.table[f"{lane}|days".encode()] = orjson.dumps(days)
-        figures = lanes.figures([self._get(f"{lane}|{d}") or {} for d in days])
-        return {"lane": lane, "window": [first, days[-1] if days else day], **figures}
+        return {"lane": lane, "window": [first, days[-1] if days else day],
+                **self._window(lane, days).figures()}
+
+    def _window(self, lane: str, days: list[str]) -> lanes.Window:
+        """The lane's window over ``days``, brought up to date with the table. Checked day by
+        day against what it merged, so a bucket written by another worker while the lane's
+        partition was away is merged again as well."""
+        merged, window = self._windows.get(lane) or ({}, lanes.Window())
+        saved = {d: raw for d in days if (raw := self.table.get(f"{lane}|{d}".encode())) is not None}
+        for d, raw in merged.items():
+            if saved.get(d) != raw:
+                window.remove(orjson.loads(raw))
+        for d, raw in saved.items():
+            if merged.get(d) != raw:
+                window.add(orjson.loads(raw))
+        self._windows[lane] = saved, window
+        return window
 
     def _days(self, lane: str) -> list[str]:
         return self._get(f"{lane}|days") or []

@@ -29,6 +29,7 @@ MOVING = ("PICKED_UP", "IN_TRANSIT", "CUSTOMS", "ARRIVED_AT_DESTINATION", "OUT_F
 # The time left is learned from the label too: a parcel handed over late is late from then.
 LABEL = "LABEL_CREATED"
 Figures = Mapping[str, Any]  # {"gaps": {leg: histogram}, "remaining": {milestone: histogram}}
+PARTS = ("gaps", "remaining")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ def delay_ratios(lanes: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 def learn(day: dict[str, Any], lesson: Mapping[str, Mapping[str, list[float]]]) -> None:
     """Add one parcel's journey to a lane's day bucket."""
     day["parcels"] = day.get("parcels", 0) + 1
-    for part in ("gaps", "remaining"):
+    for part in PARTS:
         for name, samples in lesson.get(part, {}).items():
             bucket = day.setdefault(part, {}).setdefault(name, {})
             for seconds in samples:
@@ -149,14 +150,49 @@ def learn(day: dict[str, Any], lesson: Mapping[str, Mapping[str, list[float]]]) 
 def figures(days: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A lane's figures over a window: its day buckets merged, with how many parcels it
     delivered and how many stalled (what the lane's delay ratio is made of)."""
-    merged: dict[str, Any] = {"parcels": sum(day.get("parcels", 0) for day in days),
-                              "stalls": sum(len(day.get("stalls", ())) for day in days)}
-    for part in ("gaps", "remaining"):
-        names = {name for day in days for name in day.get(part, {})}
-        merged[part] = {name: histogram.merge(day[part][name] for day in days
-                                              if name in day.get(part, {}))
-                        for name in names}
-    return merged
+    window = Window()
+    for day in days:
+        window.add(day)
+    return window.figures()
+
+
+class Window:
+    """A lane's day buckets merged, kept up to date a day at a time: a lesson changes one
+    day, so the window takes that day's old bucket out and its new one in, instead of
+    merging every day of the window again."""
+
+    def __init__(self) -> None:
+        self.parcels = self.stalls = 0
+        self.merged: dict[str, dict[str, histogram.Histogram]] = {part: {} for part in PARTS}
+        # part -> name -> the days that have it: a name stays while one does, even empty.
+        self.holders: dict[str, dict[str, int]] = {part: {} for part in PARTS}
+
+    def add(self, day: Mapping[str, Any], sign: int = 1) -> None:
+        """Count a day's bucket in (``sign`` 1) or out (-1)."""
+        self.parcels += sign * day.get("parcels", 0)
+        self.stalls += sign * len(day.get("stalls", ()))
+        for part in PARTS:
+            merged, holders = self.merged[part], self.holders[part]
+            for name, counts in day.get(part, {}).items():
+                into = merged.setdefault(name, {})
+                for key, count in counts.items():
+                    if left := into.get(key, 0) + sign * count:
+                        into[key] = left
+                    else:  # counts are positive: no day has this bucket any more
+                        del into[key]
+                if held := holders.get(name, 0) + sign:
+                    holders[name] = held
+                else:
+                    del holders[name], merged[name]
+
+    def remove(self, day: Mapping[str, Any]) -> None:
+        self.add(day, -1)
+
+    def figures(self) -> dict[str, Any]:
+        """A copy: the figures handed out must not change when the window learns more."""
+        return {"parcels": self.parcels, "stalls": self.stalls,
+                **{part: {name: dict(counts) for name, counts in merged.items()}
+                   for part, merged in self.merged.items()}}
 
 
 def stall_after(leg: str, lanes: Sequence[Figures], rules: Prediction, floor: bool = True) -> float:
