@@ -72,8 +72,9 @@ class LaneBook:
     def _window(self, lane: str, days: list[str]) -> lanes.Window:
         """The lane's window over ``days``, brought up to date with the table. Checked day by
         day against what it merged, so a bucket written by another worker while the lane's
-        partition was away is merged again as well."""
-        merged, window = self._windows.get(lane) or ({}, lanes.Window())
+        partition was away is merged again as well. Taken out while it changes: a window
+        left half changed by an error is merged afresh the next time."""
+        merged, window = self._windows.pop(lane, None) or ({}, lanes.Window())
         saved = {d: raw for d in days if (raw := self.table.get(f"{lane}|{d}".encode())) is not None}
         for d, raw in merged.items():
             if saved.get(d) != raw:
