@@ -31,7 +31,7 @@ def test_merged_days_are_the_sum_of_their_counts_and_stay_json_ready():
     histogram.add(a, 5 * HOUR)
     histogram.add(b, 5 * HOUR)
     histogram.add(b, 50 * HOUR)
-    merged = histogram.merge([a, b])
+    merged = lanes.figures([{"gaps": {"IN_TRANSIT": a}}, {"gaps": {"IN_TRANSIT": b}}])["gaps"]["IN_TRANSIT"]
     assert histogram.total(merged) == 3
     assert all(isinstance(k, str) and isinstance(v, int) for k, v in merged.items())
     assert histogram.count_above(merged, 10 * HOUR) == 1

@@ -13,7 +13,7 @@ import bisect
 import functools
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 GROWTH = 2 ** (1 / 8)
 FLOOR = 60.0  # durations under a minute count as a minute
@@ -35,14 +35,6 @@ Histogram = dict[str, int]  # str(bucket) -> count: JSON-ready as it is
 def add(histogram: Histogram, seconds: float, count: int = 1) -> None:
     key = str(bucket(seconds))
     histogram[key] = histogram.get(key, 0) + count
-
-
-def merge(histograms: Iterable[Mapping[str, int]]) -> Histogram:
-    merged: Histogram = {}
-    for histogram in histograms:
-        for key, count in histogram.items():
-            merged[key] = merged.get(key, 0) + count
-    return merged
 
 
 def total(histogram: Mapping[str, int]) -> int:
