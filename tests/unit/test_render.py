@@ -190,3 +190,21 @@ def test_a_long_chinese_subject_and_a_marketing_unsubscribe_survive_the_wire():
     assert parsed["List-Unsubscribe"] == "<http://127.0.0.1:6066/u/abc.def>"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert parsed.get_body(("plain",)).get_content() == "正文\n第二行"
+
+
+def test_messages_keep_their_words_and_escape_only_what_they_were_told():
+    """The templates' words are translated when they are compiled: the translation goes out
+    as written (an apostrophe, a percent sign), the values put into it are escaped in HTML."""
+    facts = {**FACTS, "expected_delivery": "2026-11-09T12:00:00+00:00", "days_late": 3,
+             "promised": "2026-11-05T22:00:00+08:00", "lane_incident": False,
+             "coupon": {"percent": 10, "code": "SORRY<10>"},
+             "shipment": {"carrier": "ups", "tracking_number": "1Z&9", "milestone": "IN_TRANSIT",
+                          "carrier_eta": "2026-11-09T12:00:00+00:00"}}
+    content = render("delay_notice", "en", "UTC", facts)
+    assert "Carrier's estimated delivery: November 9, 2026." in content.html
+    assert "take 10% off your next order with the code SORRY&lt;10&gt;." in content.html
+    assert "take 10% off your next order with the code SORRY<10>." in content.text
+    assert "tracking number 1Z&amp;9." in content.html and "tracking number 1Z&9." in content.text
+    chinese = render("delay_notice", "zh_CN", "Asia/Shanghai", facts)
+    assert "SORRY&lt;10&gt;" in chinese.html and "1Z&amp;9" in chinese.html
+    assert "%" not in chinese.subject and "【星河小铺】" in chinese.subject
