@@ -23,7 +23,7 @@ from worker.codec import BadInput
 from worker.domain import customer, engagement, inbox, links
 from worker.domain.notification import Intent
 from worker.domain.rules import CHANNELS
-from worker.render import catalog_locale, for_channel, render
+from worker.render import catalog_locale, for_channel, prepare, render
 from worker.runtime import wall_now
 from worker.wakeups import Wakeups
 
@@ -50,6 +50,7 @@ class CustomerStage:
         # Each customer's latest in-app messages (from the inbox topic), for the tracking page.
         self.inbox = pipeline.table("inbox")
         self.dispatch = {c: pipeline.topic(t.dispatch(c)) for c in CHANNELS}
+        prepare()  # the messages compiled before the worker is ready, not by its first ones
 
     def forget(self) -> None:
         """A rebalance: what each order partition told, and the index, are stale."""

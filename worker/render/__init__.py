@@ -96,6 +96,18 @@ def render(kind: str, locale: str, timezone: str, facts: dict[str, Any], *,
                    short=short)
 
 
+def prepare() -> None:
+    """Compile every message template of every language now: compiled on first use, they
+    made the first notifications after a start wait some 300 ms (30 to 60 ms a template
+    and language)."""
+    messages = ("_messages.j2", "_notice.j2", *(f"{kind}.j2" for kind in _OWN_TEMPLATE))
+    for locale in CATALOGS:
+        for html in (False, True):
+            env = _environment(locale, html)
+            for name in (*messages, "_layout.html.j2") if html else messages:
+                env.get_template(name)
+
+
 def page(template: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
     """A web page (the tracking page) in the catalog ``locale``, times in ``timezone``."""
     env = _environment(locale, True)
