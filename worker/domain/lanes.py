@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.domain import histogram
@@ -234,14 +234,17 @@ def add_working(start: str, seconds: float, non_working: tuple[int, ...]) -> str
     while left_us > 0:
         day = t // _DAY_US
         midnight = (day + 1) * _DAY_US
-        if _weekday(day) in non_working:
+        if (day + 3) % 7 in non_working:  # the weekday (1970-01-01 was a Thursday)
             t = midnight
             continue
         step = min(left_us, midnight - t)
         t, left_us = t + step, left_us - step
-    while _weekday(t // _DAY_US) in non_working:  # a deadline never falls on a day off
+    while (t // _DAY_US + 3) % 7 in non_working:  # a deadline never falls on a day off
         t = (t // _DAY_US + 1) * _DAY_US
-    return stamp((_EPOCH + t * _US).replace(tzinfo=at.tzinfo))
+    # As a stamp: whole seconds, UTC.
+    offset = at.utcoffset()
+    utc_us = t - (offset // _US if offset else 0)
+    return datetime.fromtimestamp(utc_us // 1_000_000, UTC).isoformat()
 
 
 def working_seconds(start: str, end: str, non_working: Sequence[int]) -> float:
