@@ -38,7 +38,9 @@ CATALOGS = ("en", "zh_CN", "zh_TW")
 ZONE = "_zone"  # in a render's context: the zone its times are shown in
 _WORD = re.compile(r'\bw\["([^"]*)"\]')  # a fixed string of a page: see _FixedWords
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")
-# Kinds with a template of their own; the others share _notice.j2 (pages and partials aside).
+# Kinds with a template of their own; the others share NOTICE (pages and partials aside),
+# which has the words they share (_messages.j2's macros) as `m`.
+NOTICE, SHARED_WORDS = "_notice.j2", "_messages.j2"
 _OWN_TEMPLATE = frozenset(p.stem for p in (HERE / "templates").glob("[a-z]*.j2") if p.stem.isidentifier())
 CARRIER_NAMES = {
     "sf-express": {"en": "SF Express", "zh_CN": "顺丰速运", "zh_TW": "順豐速運"},
@@ -80,7 +82,7 @@ def render(kind: str, locale: str, timezone: str, facts: dict[str, Any], *,
     in ``timezone``. ``whole=False`` renders the subject and the short line only: all that
     the channels but email carry (:func:`for_channel`), and the HTML page is most of a
     render's cost."""
-    name = f"{kind}.j2" if kind in _OWN_TEMPLATE else "_notice.j2"
+    name = f"{kind}.j2" if kind in _OWN_TEMPLATE else NOTICE
     plain = _environment(locale, False).get_template(name)
     facts = {"variant": None, **facts, "kind": kind, ZONE: _zone(timezone)}
     context = _context(plain, facts)  # one for the template's blocks: they only read it
@@ -100,7 +102,7 @@ def prepare() -> None:
     """Compile every message template of every language now: compiled on first use, they
     made the first notifications after a start wait some 300 ms (30 to 60 ms a template
     and language)."""
-    messages = ("_messages.j2", "_notice.j2", *(f"{kind}.j2" for kind in _OWN_TEMPLATE))
+    messages = (SHARED_WORDS, NOTICE, *(f"{kind}.j2" for kind in _OWN_TEMPLATE))
     for locale in CATALOGS:
         for html in (False, True):
             env = _environment(locale, html)
@@ -130,8 +132,8 @@ def _one_line(text: str) -> str:
 def _context(template: jinja2.Template, facts: dict[str, Any]) -> jinja2.runtime.Context:
     """A message's context; the shared words' macros (``m``) imported into it once, not
     in each block (an import with context is compiled into a module on every import)."""
-    if template.name == "_notice.j2":
-        words = template.environment.get_template("_messages.j2").make_module(facts)
+    if template.name == NOTICE:
+        words = template.environment.get_template(SHARED_WORDS).make_module(facts)
         facts = {**facts, "m": words}
     return template.new_context(facts)
 
