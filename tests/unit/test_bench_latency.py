@@ -27,3 +27,14 @@ def test_latency_runs_from_the_latest_cause_and_counts_only_what_is_told_at_once
         record("dispatch.push", 5_000, command={"kind": "delivered", "caused_by": ["elsewhere"]}),
     ]
     assert at_once_latencies(records, inputs={"orders", "tracking"}) == [30.0, 50.0]
+
+
+def test_only_the_counted_inputs_notifications_are_measured():
+    records = [
+        record("orders", 1_000, ce_id="settling-paid"),  # the fresh worker's first seconds
+        record("orders", 5_000, ce_id="counted-paid"),
+        record("dispatch.email", 1_300, command={"kind": "order_confirmed", "caused_by": ["settling-paid"]}),
+        record("dispatch.email", 5_020, command={"kind": "order_confirmed", "caused_by": ["counted-paid"]}),
+    ]
+    assert at_once_latencies(records, inputs={"orders"}, counted={"counted-paid"}) == [20.0]
+    assert at_once_latencies(records, inputs={"orders"}, counted={"settling-paid"}) == [300.0]
