@@ -1,5 +1,7 @@
 """Many customers ordering to one doorstep: one alert per burst, and no address in it."""
 
+import orjson
+
 from worker import schemas
 from worker.address_book import AddressBook
 from worker.domain import risk
@@ -63,3 +65,36 @@ def test_addresses_leave_the_table_with_their_window():
                                    f"2026-11-{day:02d}T10:00:00+00:00"))
     addresses = [k for k in table if k.startswith(b"addr-")]
     assert 1 <= len(addresses) <= book.days_kept + 1
+
+
+def doorsteps(n: int, day: int) -> list[risk.Sighting]:
+    return [risk.Sighting(risk.fingerprint({**DOOR, "line1": f"{i} Market Street"}), f"SO-{day}-{i}",
+                          f"C{i}", f"2026-11-{day:02d}T10:00:00+00:00") for i in range(n)]
+
+
+def test_a_sale_day_keeps_its_index_in_small_pieces_and_forgets_it_whole():
+    table: dict[bytes, bytes] = {}
+    book = AddressBook(table, RULES)
+    sale = doorsteps(1_000, day=1)
+    for sighting in sale + sale[:300]:  # some told twice: listed once
+        book.seen(0, sighting)
+    pieces = {k: orjson.loads(v) for k, v in table.items() if k.startswith(b"day|0|2026-11-01")}
+    listed = [a for piece in pieces.values() for a in piece]
+    assert sorted(listed) == sorted({s.address for s in sale})
+    assert len(pieces) == 10 and max(len(table[k]) for k in pieces) < 4_000  # bytes a record
+    book.seen(0, doorsteps(1, day=9)[0])  # a week on: the sale day has left the window
+    assert not [k for k in table if k.startswith(b"day|0|2026-11-01")]
+    assert sum(k.startswith(b"addr-") for k in table) == 1
+
+
+def test_an_index_written_before_it_came_in_pieces_is_read_and_forgotten():
+    old = doorsteps(3, day=1)
+    table = {b"days|0": orjson.dumps(["2026-11-01"]),
+             b"day|0|2026-11-01": orjson.dumps([s.address for s in old])}
+    table |= {s.address.encode(): orjson.dumps(risk.seen(None, s, RULES)[0]) for s in old}
+    book = AddressBook(table, RULES)
+    book.seen(0, doorsteps(4, day=1)[3])  # the same day goes on in the old piece
+    assert orjson.loads(table[b"days|0"]) == {"2026-11-01": 1}
+    assert len(orjson.loads(table[b"day|0|2026-11-01"])) == 4
+    book.seen(0, doorsteps(5, day=9)[4])
+    assert sorted(table) == sorted([b"days|0", b"day|0|2026-11-09", doorsteps(5, day=9)[4].address.encode()])
