@@ -166,6 +166,33 @@ def test_a_lane_incident_is_many_stalls_far_above_the_lanes_own_baseline():
     assert lanes.incident(_days_with_stalls(0, 0, 0, 20), "2026-11-04T23:59:00+00:00", rules) is None
 
 
+def test_an_incident_is_judged_alike_however_the_stalls_fall_across_the_days():
+    """A day wholly before the last 24 h is only counted: the same answers as counting
+    every stall, for stalls told out of order, late or ahead of ``now``."""
+    def counted_one_by_one(days, now, rules):
+        since = lanes.stamp(datetime.fromisoformat(now) - timedelta(hours=24))
+        stalls = [t for day in days for t in day.get("stalls", [])]
+        recent = sorted(t for t in stalls if since < t <= now)
+        baseline = sum(1 for t in stalls if t <= since) / (len(days) - 1)
+        if len(recent) < max(rules.incident_min_stalls, rules.incident_factor * baseline):
+            return None
+        return {"since": recent[0], "last": now, "stalls_24h": len(recent),
+                "baseline_24h": round(baseline, 2)}
+
+    rules, rng = Prediction(incident_min_stalls=3, incident_factor=2), random.Random(7)
+    start = datetime(2026, 11, 1)
+    for _ in range(500):
+        days = [{"stalls": [f"{start + timedelta(days=d, minutes=rng.randrange(1440)):%Y-%m-%dT%H:%M}:00+00:00"
+                            for _ in range(rng.choice((0, 1, 2, 6, 20)))]} for d in range(rng.randrange(7, 15))]
+        rng.shuffle(days)
+        # Now, or 24 h before it, at times of stalls as well: the bounds are in the day's.
+        told = [t for day in days for t in day["stalls"]]
+        now = rng.choice([*told[:3], f"{start + timedelta(minutes=rng.randrange(15 * 1440)):%Y-%m-%dT%H:%M}:00+00:00"])
+        if told and rng.random() < 0.3:
+            now = lanes.stamp(datetime.fromisoformat(rng.choice(told)) + timedelta(hours=24))
+        assert lanes.incident(days, now, rules) == counted_one_by_one(days, now, rules)
+
+
 def test_the_lane_incident_alert_names_the_lane_and_fits_its_schema():
     from worker import schemas
 

@@ -61,9 +61,23 @@ def incident(days: Sequence[Mapping[str, Any]], now: str, rules: Prediction) -> 
     if len(days) < INCIDENT_BASELINE_DAYS:
         return None  # no baseline yet to be far above
     since = stamp(datetime.fromisoformat(now) - timedelta(hours=24))
-    stalls = [t for day in days for t in day.get("stalls", [])]
-    recent = sorted(t for t in stalls if since < t <= now)
-    baseline = sum(1 for t in stalls if t <= since) / (len(days) - 1)
+    recent: list[str] = []
+    before = 0  # stalls up to ``since``: the baseline's
+    for day in days:
+        # A day at a time: most of the window lies wholly before the last 24 h and is only
+        # counted (a busy lane has thousands of stalls in it, and each new one asks again).
+        stalls = day.get("stalls")
+        if not stalls:
+            continue
+        if max(stalls) <= since:
+            before += len(stalls)
+        elif min(stalls) > since:
+            recent += [t for t in stalls if t <= now]
+        else:
+            before += sum(1 for t in stalls if t <= since)
+            recent += [t for t in stalls if since < t <= now]
+    recent.sort()
+    baseline = before / (len(days) - 1)
     if len(recent) < max(rules.incident_min_stalls, rules.incident_factor * baseline):
         return None
     return {"since": recent[0], "last": now, "stalls_24h": len(recent),
