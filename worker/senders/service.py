@@ -28,6 +28,7 @@ from worker import codec, metrics, runtime, topics
 from worker.codec import BadInput
 from worker.senders import ByPlatform, PermanentFailure, RetryLater, Sender
 from worker.senders.flow import Flow
+from worker.senders.ledger import Ledger
 from worker.senders.guard import CircuitBreaker, TokenBucket
 from worker.senders.inbox import InboxSender
 from worker.senders.apns import ApnsSender
@@ -71,7 +72,7 @@ class Guard:
 class SendersService:
     def __init__(self, settings: Settings, senders: dict[str, Sender] | None = None) -> None:
         self.settings = settings
-        self.ledger: set[str] = set()  # notification ids with an outcome
+        self.ledger = Ledger(settings.ledger_days)  # notification ids with an outcome
         # Attempts that may have reached the provider (begun before a crash, or cut off): id -> when
         self.uncertain: dict[str, str] = {}
         self.in_flight: set[str] = set()
@@ -129,11 +130,9 @@ class SendersService:
         """Read the recent outcomes (their ids are never sent again), and the attempts
         begun without an outcome: a crash came in the middle of those."""
         servers, t = self.settings.kafka_servers, self.settings.topics
-        # A command is redelivered at most a few minutes after its first try, and expires
-        # within days: the outcomes of the last ledger_days are all it can meet again.
-        since = _now() - timedelta(days=self.settings.ledger_days)
+        since = _now() - timedelta(days=self.settings.ledger_days)  # see worker.senders.ledger
         for record in await topics.read_all(servers, t.sent, since):
-            self.ledger.add(orjson.loads(record.value)["notification_id"])
+            self.ledger.add(orjson.loads(record.value)["notification_id"], record.timestamp / 1000)
         for record in await topics.read_all(servers, t.attempts, since):
             nid = record.key.decode()
             if record.value is None:  # the provider said no to that attempt
@@ -308,7 +307,7 @@ class SendersService:
         )
         await self.producer.send_and_wait(self.settings.topics.sent, value,
                                           key=command["customer_id"].encode(), headers=headers)
-        self.ledger.add(command["notification_id"])
+        self.ledger.add(command["notification_id"], now.timestamp())
         metrics.outcomes.labels(command["kind"], channel, outcome).inc()
         if outcome == "sent":
             metrics.event_to_send_seconds.labels(channel).observe(latency_ms / 1000)
