@@ -113,7 +113,7 @@ class Settings:
     webhook_secret: str = "whsec_b3JkZXItbm90aWZpZXItZGV2ZWxvcG1lbnQta2V5"
 
     provider_timeout_seconds: float = 10.0
-    ledger_days: int = 7  # the senders' ledger: outcomes of the last this many days, read at start
+    ledger_days: int = 7  # the senders' ledger: outcomes of the last this many days (worker.senders.ledger)
     retry_attempts: int = 8  # provider calls per notification before it fails for good
     retry_base_seconds: float = 15.0  # the first wait; doubled each time, up to the max
     retry_max_seconds: float = 600.0  # so 8 attempts span about 26 minutes, with jitter
