@@ -15,7 +15,8 @@ from collections import OrderedDict
 class Ledger:
     def __init__(self, days: float) -> None:
         self.keep = days * 86400
-        self._at: OrderedDict[str, float] = OrderedDict()  # id -> when its outcome was written (epoch s), oldest first
+        # id -> when its outcome was written (epoch seconds), the oldest first
+        self._at: OrderedDict[str, float] = OrderedDict()
 
     def add(self, notification_id: str, at: float) -> None:
         """One more outcome, written at ``at``; outcomes older than ``days`` before it go."""
