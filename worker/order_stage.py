@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import faust
+import orjson
 from faust.types import TP
 
 from worker import codec, metrics, packing
@@ -59,11 +60,16 @@ class OrderStage:
         self.orders_seen: dict[int, datetime] = {}  # partition -> last order event's time
         self.last_read: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
         self.decided_until: dict[int, datetime] = {}
+        # States applied by the event in hand, written once it is done: a pass right after
+        # (the usual case once the inputs are read to their ends) wakes the same order and
+        # writes it anyway, so it is packed and written once, not twice. As JSON: a pass
+        # that fails half-way must not leave its changes in what is written.
+        self.unsaved: dict[str, tuple[bytes, str | None]] = {}
 
     def forget(self) -> None:
         """A rebalance: what this worker remembers of its partitions' progress is stale."""
         for progress in (self.tick_target, self.orders_seen, self.last_read, self.decided_until,
-                         self.clock.high_water, self.wakeups):
+                         self.clock.high_water, self.wakeups, self.unsaved):
             progress.clear()
 
     async def run(self, stream: faust.StreamT) -> None:
@@ -86,6 +92,9 @@ class OrderStage:
                     self._aim(m.partition, order.known_from(wall_now()))
             if decide:
                 await guarded(event, self._decide_for, "order")
+            if self.unsaved:
+                await guarded(event, self._write_unsaved, "order")
+                self.unsaved.clear()
 
     async def _on_input(self, event: faust.EventT) -> None:
         m, orders = event.message, self.settings.topics.orders
@@ -129,12 +138,12 @@ class OrderStage:
             metrics.unknown_statuses.labels(metrics.carrier(source)).inc()
             log.info("unknown carrier status %s kept", applied.unknown_status,
                      extra={"order_id": order_id})
-        self._save(order_id, applied.state)
+        self.unsaved[order_id] = (orjson.dumps(applied.state.to_dict()), applied.state.wake_at)
         if change := applied.state.active_parcels - active_before:
             self._count_active(m.partition, change)
         # Decided on at the partition's next tick.
         self.wakeups.set(m.partition, order_id, applied.state.wake_at)
-        if envelope.type in risk.TOLD_BY:  # after the writes: nothing is written past an await
+        if envelope.type in risk.TOLD_BY:
             # Not waited for: the commit after this event waits for the producer (fix 2).
             for sighting in risk.sightings(order_id, applied.state.order, applied.state.shipments):
                 await self.pipeline.publish(
@@ -186,6 +195,7 @@ class OrderStage:
             order_id, self.pipeline.moment(due, target), woken, acks),
             settle=lambda: self.pipeline.settled(acks))
         for order_id, state in woken.items():
+            self.unsaved.pop(order_id, None)  # what the pass decided supersedes it
             if state is not None:
                 self._save(order_id, state)
             elif order_id.encode() in self.orders:
@@ -258,11 +268,19 @@ class OrderStage:
         return sum(int(self.active_counts.get(str(p).encode(), b"0")) for p in partitions)
 
     def state(self, order_id: str) -> order.OrderState | None:
+        if order_id in self.unsaved:
+            return order.OrderState.from_dict(orjson.loads(self.unsaved[order_id][0]))
         saved = self.orders.get(order_id.encode())
         return order.OrderState.from_dict(packing.unpack(saved)) if saved else None
 
     def _save(self, order_id: str, state: order.OrderState) -> None:
         self.orders[order_id.encode()] = packing.pack(state.to_dict(), due=state.wake_at)
+
+    async def _write_unsaved(self, event: faust.EventT) -> None:
+        """The states the event in hand applied and no pass wrote since (``guarded``: none
+        once the partition is another worker's, whose turn it is to read the event again)."""
+        for order_id, (json, due) in self.unsaved.items():
+            self.orders[order_id.encode()] = packing.pack_json(json, due)
 
     def _advance_clock(self, partition: int, when: datetime | None) -> datetime:
         """Now for this partition; in event mode its high-water mark, kept in a table."""

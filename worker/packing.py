@@ -38,8 +38,13 @@ _UNPACKER = zlib.decompressobj(zdict=DICTIONARY)
 
 def pack(state: dict[str, Any], due: str | None) -> bytes:
     """``state`` as a table keeps it, with when it is next due (a stamp, or None: never)."""
+    return pack_json(orjson.dumps(state), due)
+
+
+def pack_json(json: bytes, due: str | None) -> bytes:
+    """:func:`pack` for a state already in JSON."""
     second = int(datetime.fromisoformat(due).timestamp()) if due else 0
-    return DUE_FIRST + second.to_bytes(8, "big") + deflate(orjson.dumps(state))
+    return DUE_FIRST + second.to_bytes(8, "big") + deflate(json)
 
 
 def unpack(saved: bytes) -> dict[str, Any]:
