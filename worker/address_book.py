@@ -23,7 +23,6 @@ import orjson
 from worker.domain import risk
 from worker.domain.notification import Alert
 
-
 PIECE = 100  # addresses in one key of a day's index: about 3 KB
 
 
