@@ -30,7 +30,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from worker import codec, faust_fixes, metrics, packing, runtime
+from worker import codec, faust_fixes, metrics, packing, runtime, schemas
 from worker.address_book import AddressBook
 from worker.codec import BadInput
 from worker.customer_stage import CustomerStage
@@ -90,6 +90,7 @@ class Pipeline:
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
         self.app, self.settings, self.rules = app, settings, load_rules(settings)
+        schemas.prepare()  # before the worker is ready, not by its first inputs
         t = settings.topics
         self.intents = self.topic(t.intents)
         self.tracking = self.topic(t.tracking)

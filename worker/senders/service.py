@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker import codec, metrics, runtime, topics
+from worker import codec, metrics, runtime, schemas, topics
 from worker.codec import BadInput
 from worker.senders import ByPlatform, PermanentFailure, RetryLater, Sender
 from worker.senders.flow import Flow
@@ -99,6 +99,7 @@ class SendersService:
     async def run(self) -> None:
         await self.producer.start()
         await self._load_ledger()
+        schemas.prepare()  # before the first commands, not by them
         runtime.settle()
         await self.consumer.start()
         await self.retries.start()
