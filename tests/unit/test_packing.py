@@ -62,3 +62,11 @@ def test_the_dictionary_is_the_frozen_sample():
     # Every saved state was deflated against it, and each names it by this id (zlib's
     # DICTID): an edit to the sample would leave them unreadable.
     assert zlib.adler32(DICTIONARY) == 201479999
+
+
+def test_a_state_deflated_at_any_level_or_without_the_dictionary_reads_as_it_was():
+    raw = orjson.dumps(orjson.loads(SAMPLE[-1]))
+    for level in (1, 6, 9):
+        packer = zlib.compressobj(level, zdict=DICTIONARY)
+        assert inflate(packer.compress(raw) + packer.flush()) == raw
+    assert inflate(zlib.compress(raw)) == raw
