@@ -67,9 +67,8 @@ def view(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_
 
 def _parcel_view(state: OrderState, p: Shipment, number: int, now: datetime, rules: Rules,
                  lanes: LaneLookup) -> dict[str, Any]:
-    reached = RANK.get(p.milestone, 0) if p.label_at or p.checkpoints else -1
-    step = max((i for i, (_, covers) in enumerate(STEPS)
-                if any(RANK[m] <= reached for m in covers)), default=0)
+    milestone, delivered_at = p.milestone, p.delivered_at  # each read once: both are derived
+    step = _STEP_REACHED[RANK.get(milestone, 0) if p.label_at or p.checkpoints else -1]
     timeline = [{"at": c[0], "milestone": c[1], "detail": c[2], "place": c[3] if len(c) > 3 else ""}
                 for c in reversed(p.checkpoints) if c[1]]
     if p.label_at and not p.times("LABEL_CREATED"):  # the shop's label: the journey's start
@@ -79,21 +78,30 @@ def _parcel_view(state: OrderState, p: Shipment, number: int, now: datetime, rul
         "shipment_id": p.shipment_id,
         "carrier": p.carrier,
         "tracking_number": p.tracking_number,
-        "milestone": p.milestone,
+        "milestone": milestone,
         "step": STEPS[step][0],
         "steps": [{"name": name, "done": i <= step, "current": i == step}
                   for i, (name, _) in enumerate(STEPS)],
         "timeline": timeline,
-        "delivered_at": p.delivered_at,
+        "delivered_at": delivered_at,
         "exception": p.open_exception,
-        **_expected(state, p, now, rules, lanes),
+        **_expected(state, p, delivered_at, now, rules, lanes),
     }
 
 
-def _expected(state: OrderState, p: Shipment, now: datetime, rules: Rules,
-              lanes: LaneLookup) -> dict[str, Any]:
+def _step(reached: int) -> int:
+    """The progress bar's step for the furthest milestone reached (its rank; -1: none)."""
+    return max((i for i, (_, covers) in enumerate(STEPS)
+                if any(RANK[m] <= reached for m in covers)), default=0)
+
+
+_STEP_REACHED = {reached: _step(reached) for reached in range(-1, max(RANK.values()) + 1)}
+
+
+def _expected(state: OrderState, p: Shipment, delivered_at: str | None, now: datetime,
+              rules: Rules, lanes: LaneLookup) -> dict[str, Any]:
     """The predicted delivery window, and how late that is against the promise."""
-    if p.delivered_at or state.cancelled_at:
+    if delivered_at or state.cancelled_at:
         return {"window": None, "days_late": 0}
     promise = (state.order or {}).get("promised_delivery_by") or p.first_eta
     figures = lanes(lane_keys(p.carrier, p.origin, p.destination))
