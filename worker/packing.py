@@ -75,7 +75,7 @@ def inflate(saved: bytes) -> bytes:
     if saved[:1] == b"{":
         return saved
     body = saved[_HEAD:] if saved[:1] == DUE_FIRST else saved
-    if body[0] == 0x78 and body[1] & 0x20 and body[2:6] == _DICTIONARY_ID:  # deflated on it
+    if body[2:6] == _DICTIONARY_ID and body[0] == 0x78 and body[1] & 0x20:  # deflated on it
         return _RAW_UNPACKER.copy().decompress(body[6:])
     unpacker = zlib.decompressobj(zdict=DICTIONARY)
     return unpacker.decompress(body) + unpacker.flush()
