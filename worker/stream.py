@@ -385,3 +385,4 @@ class Pipeline:
         elif not state["recovering"] and self.recovering_since is not None:
             metrics.table_recovery_seconds.observe(time.monotonic() - self.recovering_since)
             self.recovering_since = None
+            runtime.release_freed_memory()  # what reading the changelogs took
