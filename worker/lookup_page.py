@@ -23,19 +23,20 @@ from worker.domain import links, tracking
 from worker.domain.limiter import Buckets
 from worker.domain.order import OrderState
 from worker.domain.rules import Rules
-from worker.render import catalog_locale, page, translate
+from worker.render import catalog_locale, page, style_hashes, translate
 from worker.settings import Settings
 
 V = TypeVar("V")
 
 LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "English"))
 ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
+PAGE_STYLES = style_hashes("track.html.j2", "unsubscribe.html.j2")  # the only styles allowed
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # a signed link must not leak to other sites
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+    "Content-Security-Policy": f"default-src 'none'; style-src {PAGE_STYLES}; img-src 'self'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
 }
 HTML_HEADERS = {**SECURITY_HEADERS, "Content-Type": "text/html; charset=utf-8"}

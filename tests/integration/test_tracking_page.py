@@ -239,6 +239,9 @@ def test_a_customer_follows_the_split_order_in_a_browser(site):
             assert "上海" in first.inner_text() or "Shanghai" in first.inner_text()
             assert "包裹 2 / 2" in second.inner_text()
             assert "预计送达" in first.locator("p.expected").inner_text()
+            # Styled: the page's own stylesheet passed its Content-Security-Policy (by hash).
+            done = first.locator("ol.progress li.done").first
+            assert done.evaluate("e => getComputedStyle(e).borderTopColor") == "rgb(26, 127, 55)"
             page.screenshot(path=str(artifacts / "tracking-page-zh-CN.png"), full_page=True)
 
             page.get_by_role("link", name="繁體中文").click()

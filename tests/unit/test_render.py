@@ -1,5 +1,7 @@
+import base64
 import email
 import email.policy
+import hashlib
 import re
 
 import pytest
@@ -8,6 +10,7 @@ from tests.conftest import example
 from tests.unit.stories import RULES, at, created, run, scan, shipped
 from worker.domain import tracking
 from worker.domain.milestones import MILESTONES
+from worker.lookup_page import SECURITY_HEADERS
 from worker.render import catalog_locale, page, render
 from worker.senders.smtp import build_message
 
@@ -208,3 +211,17 @@ def test_messages_keep_their_words_and_escape_only_what_they_were_told():
     chinese = render("delay_notice", "zh_CN", "Asia/Shanghai", facts)
     assert "SORRY&lt;10&gt;" in chinese.html and "1Z&amp;9" in chinese.html
     assert "%" not in chinese.subject and "【星河小铺】" in chinese.subject
+
+
+@pytest.mark.parametrize("locale", ["en", "zh_CN", "zh_TW"])
+def test_the_pages_styles_are_the_only_ones_their_content_security_policy_allows(locale):
+    allowed = re.search(r"style-src ([^;]+)", SECURITY_HEADERS["Content-Security-Policy"]).group(1).split()
+    pages = [tracking_page(locale, form={"order": "", "email": ""}), tracking_page(locale, view=a_parcel_view()),
+             page("unsubscribe.html.j2", locale, "UTC", {"done": False})]
+    for html in pages:
+        styles = re.findall(r"<style>(.*?)</style>", html, re.S)
+        assert styles and "style=" not in html  # no inline style attributes: hashes cannot allow them
+        for css in styles:
+            digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in allowed
+    assert "'unsafe-inline'" not in allowed
