@@ -13,9 +13,10 @@ input topics before anything reads them:
     last input;
 (c) memory per active order: the orders the worker held at the end (with their wake-ups and
     their customers) are copied under new ids into a fresh worker's changelogs, to each
-    ``--active`` count; that worker recovers them, and its resident memory above an empty
-    worker's, divided by the orders, is what one order costs (memory and RocksDB stores;
-    for RocksDB also the bytes on disk).
+    ``--active`` count; that worker recovers them and makes its first pass over their
+    wake-ups (building their index, as a worker with inputs does), and its resident memory
+    above an empty worker's, divided by the orders, is what one order costs (memory and
+    RocksDB stores; for RocksDB also the bytes on disk).
 """
 
 from __future__ import annotations
@@ -236,6 +237,9 @@ def _partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions  # Kafka's default partitioner, as Faust's
 
 
+FIRST_PASS = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def _recovered(env: dict[str, str], workdir: Path, settings: Settings, store: str,
                tables: dict[str, dict[bytes, bytes]], count: int) -> dict[str, float]:
     """A fresh worker that recovers ``count`` copied orders from its changelogs: its resident
@@ -248,7 +252,11 @@ def _recovered(env: dict[str, str], workdir: Path, settings: Settings, store: st
     worker = WorkerProcess(env, workdir, app_id, NOTIFIER_STORE=store, **quiet)
     try:
         seconds = worker.ready() - began
-        time.sleep(5)  # what start-up does after readiness
+        # A tick long before any wake-up is due: each stage makes its first pass, and holds
+        # the index of its wake-ups from then on, as a worker with inputs does.
+        own = load({**env, **quiet})
+        asyncio.run(simulate.produce(own, iter(simulate.ticks(own, FIRST_PASS)), progress=False))
+        time.sleep(5)  # what start-up does after readiness, and the passes
         disk = sum(f.stat().st_size for f in worker.data.rglob("*") if f.is_file())
         return {"rss": worker.rss(), "seconds": seconds, "disk": disk}
     finally:
