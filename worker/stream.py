@@ -138,7 +138,9 @@ class Pipeline:
 
     def table(self, name: str) -> faust.Table:
         """Keys are the Kafka keys, values bytes (orjson or packed states)."""
-        table = self.app.Table(name, partitions=self.settings.partitions)
+        cache = self.settings.rocksdb_cache_mb << 20
+        table = self.app.Table(name, partitions=self.settings.partitions, options={
+            "block_cache_size": cache, "block_cache_compressed_size": cache})
         # Faust derives a table's codec from its value type and falls back to json, which
         # mangles bytes on recovery; make the changelog raw both ways.
         table.key_serializer = table.value_serializer = "raw"
