@@ -61,8 +61,8 @@ class Settings:
     # its partitions go to the others; Kafka allows 6 to 1,800 s by default.
     session_timeout_seconds: float = 60.0
     store: str = "memory://"
-    # RocksDB's block cache, each table partition's own: Faust's default is 2 GiB apiece,
-    # which holds every state a first pass reads (docs/operations.md).
+    # RocksDB's block cache, each table partition's own: Faust's default, 2 GiB apiece, is
+    # no bound once a worker holds many partitions (docs/operations.md).
     rocksdb_cache_mb: int = 64
     data_dir: Path = Path("var")
     log_level: str = "info"
