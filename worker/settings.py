@@ -61,9 +61,9 @@ class Settings:
     # its partitions go to the others; Kafka allows 6 to 1,800 s by default.
     session_timeout_seconds: float = 60.0
     store: str = "memory://"
-    # RocksDB's block cache, each table partition's own: Faust's default, 2 GiB apiece, is
-    # no bound once a worker holds many partitions (docs/operations.md).
-    rocksdb_cache_mb: int = 64
+    # All of RocksDB's caches and write buffers in one process, shared by every table
+    # partition (worker/rocks.py); Faust's defaults are per partition.
+    rocksdb_memory_mb: int = 256
     data_dir: Path = Path("var")
     log_level: str = "info"
     log_format: str = "json"
@@ -237,8 +237,8 @@ def _check(s: Settings) -> None:
                             "expected 6 to 1800 (the broker's group session limits)")
     if s.tick_seconds < 1:
         raise SettingsError(f"{PREFIX}TICK_SECONDS={s.tick_seconds}: expected 1 or more")
-    if s.rocksdb_cache_mb < 1:
-        raise SettingsError(f"{PREFIX}ROCKSDB_CACHE_MB={s.rocksdb_cache_mb}: expected 1 or more")
+    if s.rocksdb_memory_mb < 16:
+        raise SettingsError(f"{PREFIX}ROCKSDB_MEMORY_MB={s.rocksdb_memory_mb}: expected 16 or more")
     for key in ("web_port", "senders_web_port", "sinks_web_port", "pages_web_port", "smtp_port"):
         port = getattr(s, key)
         if not 0 < port < 65536:

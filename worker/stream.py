@@ -30,7 +30,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from worker import codec, faust_fixes, metrics, packing, runtime, schemas
+from worker import codec, faust_fixes, metrics, packing, rocks, runtime, schemas
 from worker.address_book import AddressBook
 from worker.codec import BadInput
 from worker.customer_stage import CustomerStage
@@ -138,13 +138,13 @@ class Pipeline:
 
     def table(self, name: str) -> faust.Table:
         """Keys are the Kafka keys, values bytes (orjson or packed states)."""
-        cache = self.settings.rocksdb_cache_mb << 20
-        table = self.app.Table(name, partitions=self.settings.partitions, options={
-            "block_cache_size": cache, "block_cache_compressed_size": cache})
+        table = self.app.Table(name, partitions=self.settings.partitions)
         # Faust derives a table's codec from its value type and falls back to json, which
-        # mangles bytes on recovery; make the changelog raw both ways.
+        # mangles bytes on recovery; make the changelog raw both ways. Before the store is
+        # made (below): it takes the table's codecs then.
         table.key_serializer = table.value_serializer = "raw"
         table._changelog_topic = None
+        rocks.bound(table, self.settings.rocksdb_memory_mb)
         return table
 
     # -- what every stage's events go through ---------------------------------------------
@@ -220,9 +220,10 @@ class Pipeline:
         """(partition, key, when due) of every key of ``table`` in a partition of ``topic``
         that this worker holds active: what an index of wake-ups is built from."""
         active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
-        for key, saved in list(table.data.items()):
+        for key, saved in table.data.items():  # read straight through: no copy of them all
             if (partition := self.partition_of(topic, key)) in active:
                 yield partition, key.decode(), packing.due(saved, due_of)
+        runtime.release_freed_memory()  # a RocksDB store's reads
 
     def moment(self, due: datetime, reached: datetime) -> datetime:
         """When a wake-up happens. Under the event clock, at its own due time: the same

@@ -40,7 +40,7 @@ def test_a_file_adds_settings_and_the_environment_wins(tmp_path):
         ("NOTIFIER_SMTP_STARTTLS", "maybe", "expected true or false"),
         ("NOTIFIER_RULES", "/nowhere/rules.toml", "no such file"),
         ("NOTIFIER_TOPIC_ORDERS", " ", "is empty"),
-        ("NOTIFIER_ROCKSDB_CACHE_MB", "0", "expected 1 or more"),
+        ("NOTIFIER_ROCKSDB_MEMORY_MB", "8", "expected 16 or more"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_is_allowed(name, value, says):
