@@ -42,7 +42,8 @@ class SharedOptions(RocksDBOptions):
         cache, buffers = _shared(self.memory_mb)
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
-        options.set_max_open_files(self.max_open_files)
+        if self.max_open_files is not None:  # Faust's: most of the process's own limit
+            options.set_max_open_files(self.max_open_files)
         options.set_target_file_size_base(self.target_file_size_base)
         options.set_write_buffer_size(self.write_buffer_size)
         options.set_write_buffer_manager(buffers)
