@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import itertools
 import math
+import os
 import re
 import subprocess
 import time
@@ -176,6 +177,20 @@ class WorkerProcess:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS for the worker")
 
+    def settled(self, timeout: float = 300) -> None:
+        """Wait until the worker has done what it was given: two seconds running with
+        under a tenth of a core (a first pass over a million orders takes some 20 s)."""
+        deadline, quiet = time.monotonic() + timeout, 0
+        used = self._cpu_seconds()
+        while quiet < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            now = self._cpu_seconds()
+            quiet, used = (quiet + 1 if now - used < 0.1 else 0), now
+
+    def _cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -256,7 +271,7 @@ def _recovered(env: dict[str, str], workdir: Path, settings: Settings, store: st
         # the index of its wake-ups from then on, as a worker with inputs does.
         own = load({**env, **quiet})
         asyncio.run(simulate.produce(own, iter(simulate.ticks(own, FIRST_PASS)), progress=False))
-        time.sleep(5)  # what start-up does after readiness, and the passes
+        worker.settled()  # what start-up does after readiness, and the passes
         disk = sum(f.stat().st_size for f in worker.data.rglob("*") if f.is_file())
         return {"rss": worker.rss(), "seconds": seconds, "disk": disk}
     finally:
