@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import itertools
 import math
-import os
 import re
 import subprocess
 import time
@@ -172,24 +171,19 @@ class WorkerProcess:
         raise TimeoutError("the worker did not become ready")
 
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+        if rss := runtime.resident_bytes(self.process.pid):
+            return rss
         raise RuntimeError("no VmRSS for the worker")
 
     def settled(self, timeout: float = 300) -> None:
         """Wait until the worker has done what it was given: two seconds running with
         under a tenth of a core (a first pass over a million orders takes some 20 s)."""
         deadline, quiet = time.monotonic() + timeout, 0
-        used = self._cpu_seconds()
+        used = runtime.cpu_seconds(self.process.pid)
         while quiet < 2 and time.monotonic() < deadline:
             time.sleep(1)
-            now = self._cpu_seconds()
+            now = runtime.cpu_seconds(self.process.pid)
             quiet, used = (quiet + 1 if now - used < 0.1 else 0), now
-
-    def _cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.terminate()

@@ -1,10 +1,11 @@
-"""How the product's processes start, and how they treat Python's garbage collector once
-started."""
+"""How the product's processes start, how they treat Python's garbage collector once
+started, and what the benchmarks read of a process (Linux's /proc)."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -59,3 +60,17 @@ def spawn(command: str, log: Path, *, append: bool = False, **popen: Any) -> sub
     with log.open("ab" if append else "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "worker", *command.split()], stdout=out,
                                 stderr=subprocess.STDOUT, **popen)
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory; 0 once it has ended (and is not yet reaped)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used, its own and the kernel's on its behalf."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -130,7 +130,7 @@ async def _soak(settings: Settings, records: list[simulate.Record], rate: float,
             sample = Sample(
                 minute=(time.monotonic() - began) / 60,
                 event_day=(records[produced].time - first).total_seconds() / 86400,
-                worker_mib=worker.rss() / 2**20, senders_mib=_rss(senders.pid) / 2**20, lag=lag,
+                worker_mib=worker.rss() / 2**20, senders_mib=runtime.resident_bytes(senders.pid) / 2**20, lag=lag,
                 active=int(float(scraped.get("notifier_active_shipments", 0))),
                 forgotten=int(float(scraped.get("notifier_orders_forgotten_total", 0))),
                 p50_ms=statistics.median(taken) if taken else None,
@@ -166,13 +166,6 @@ async def _listen(settings: Settings, latencies: Latencies) -> None:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as answer:
         return answer.read().decode()
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _summary(samples: list[Sample]) -> list[str]:
