@@ -1,5 +1,5 @@
 """Fixes to faust-streaming (0.11–0.15), applied once at start (fix 7 runs on a timer).
-Fixes 1, 2, 3, 5, 6, 7, 8 and 9 are what the worker's at-least-once guarantee depends on. The
+Fixes 1, 2, 3, 5, 6, 7, 8, 9 and 10 are what the worker's at-least-once guarantee depends on. The
 first five and the seventh were found by ``tests/integration/test_scale_out.py`` (with two
 workers, one stopping mid-stream, 3 to 12 of 600 confirmations were lost), the sixth while
 reading Faust's recovery for ``tests/faults/``.
@@ -83,6 +83,17 @@ reading Faust's recovery for ``tests/faults/``.
    Faust's Python iterator, which calls ``Consumer.ack``. Found on 2026-12-03 when the
    frontier of fix 7 never moved.
 
+10. Fix 7's frontier is set by the rebalance's seek, but Faust resumes the partitions a
+    rebalance gave (``resume_partitions``) before it seeks them (``perform_seek``, a round
+    trip to the broker), and the stream hands over what is fetched meanwhile. Those
+    records were judged against the frontier of the worker's previous seek: none at all
+    for a partition it did not hold then, so every record counted as in turn, or a stale
+    one. Seen in a fresh-clone ``make test`` (2026-12-06): a worker handled an order's
+    ``delivered`` scan before its ``out_for_delivery``, so the customer never heard the
+    parcel was out for delivery; and an ``order.packed`` before its ``order.created``.
+    Here a frontier holds only for the generation whose seek set it: until that seek is
+    done no record is in turn, and the seek brings them all again.
+
 And one for the web server: 4. Faust listens with aiohttp's default backlog of 128
 connections, so a burst of new clients (200 at once in ``notifier bench page``) overflows
 it and the kernel makes the rest wait a second or three for their SYN to be retried. Here
@@ -142,6 +153,8 @@ NEXT, DONE, EARLY = "next", "done", "early"
 
 
 def _turn(consumer: Any, message: Any) -> str:
+    if consumer.frontier_generation != consumer.app.consumer_generation_id:
+        return EARLY  # fix 10: this generation's seek has not said where turns begin
     frontier = consumer.frontier.get(message.tp)
     offset = message.offset
     if frontier is None or offset == frontier:
@@ -159,12 +172,16 @@ def in_turn(consumer: Any, message: Any) -> bool:
 
 
 async def _perform_seek(self: Consumer) -> None:
+    generation = self.app.consumer_generation_id
     await _faust_perform_seek(self)
     # Everything before the committed offsets was handled; the rest is read again from there.
     changelogs = self.app.tables.changelog_topics
     self.frontier = {tp: self._committed_offset.get(tp) or 0
                      for tp in self.assignment() if tp.topic not in changelogs}
     self.early.clear()
+    # Fix 10: for this generation only; a seek overtaken by the next rebalance counts for
+    # none (that rebalance seeks again).
+    self.frontier_generation = generation if generation == self.app.consumer_generation_id else None
 
 
 def _new_offset(self: Consumer, tp: Any) -> int | None:
@@ -225,6 +242,7 @@ def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
     # Fixes 7 and 8: by partition, the offset before which every record has been handled,
     # and the partitions some of whose records came early or were skipped by the stream.
     self.frontier: dict[Any, int] = {}
+    self.frontier_generation: int | None = None  # fix 10: the generation whose seek set it
     self.early: set[Any] = set()
     self.handled = 0  # records handled: the watch tells a busy worker from an idle one
 
@@ -285,6 +303,13 @@ class FrontierWatch:
         if (app.rebalancing or app.in_recovery or not app.flow_control.is_active()
                 or not consumer.flow_active):
             self.standing.clear()  # the rebalance's own seek comes first
+            return
+        if consumer.frontier_generation != app.consumer_generation_id:
+            # Fix 10: no seek set this generation's frontier (none is known to end so, but
+            # nothing would be handled until one does).
+            log.warning("no frontier for generation %s; seeking to the committed offsets",
+                        app.consumer_generation_id)
+            await consumer.perform_seek()
             return
         idle, self.handled = consumer.handled == self.handled, consumer.handled
         standing = {}

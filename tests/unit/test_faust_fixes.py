@@ -10,7 +10,8 @@ from worker import faust_fixes, metrics
 def consumer(generation: int = 2, flowing: bool = True, frontier: dict | None = None) -> SimpleNamespace:
     flow = SimpleNamespace(is_active=lambda: flowing)
     return SimpleNamespace(app=SimpleNamespace(consumer_generation_id=generation, flow_control=flow),
-                           frontier=frontier if frontier is not None else {}, early=set(), handled=0)
+                           frontier=frontier if frontier is not None else {}, early=set(), handled=0,
+                           frontier_generation=generation)
 
 
 def read(offset: int, follows: int | None = None, generation: int = 2, tp: TP = TP("orders", 0)):
@@ -60,6 +61,35 @@ def test_where_the_log_holds_no_record_the_next_one_is_in_turn(monkeypatch):
     assert not faust_fixes.in_turn(it, read(20, follows=17, tp=tp))
 
 
+def test_nothing_is_in_turn_until_the_rebalances_seek_has_set_the_frontier(monkeypatch):
+    # Faust resumes the partitions a rebalance gave before it seeks them: what is fetched
+    # meanwhile was judged by the last seek's frontier, none for a partition new here, so
+    # an order's delivery scan was handled before its out-for-delivery one.
+    monkeypatch.setattr(faust_fixes, "_faust_ack", lambda self, message: True)
+    given, kept = TP("tracking", 3), TP("tracking", 1)
+    it = consumer(generation=3, frontier={kept: 80})
+    it.frontier_generation = 2  # the seek of the generation before
+    for message in (read(851, generation=3, tp=given), read(80, generation=3, tp=kept)):
+        assert not faust_fixes.in_turn(it, message) and faust_fixes._ack(it, message) is False
+    it.frontier, it.frontier_generation = {given: 794, kept: 80}, 3  # this generation's seek
+    assert faust_fixes.in_turn(it, read(794, generation=3, tp=given))
+    assert not faust_fixes.in_turn(it, read(851, generation=3, tp=given))
+
+
+async def test_a_seek_overtaken_by_the_next_rebalance_sets_no_frontier(monkeypatch):
+    it = committing(None, None, [])
+    it.early = set()
+    it.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics=set()), consumer_generation_id=4)
+    it.assignment = lambda: {TP("orders", 0)}
+
+    async def overtaken(self):
+        self.app.consumer_generation_id = 5
+
+    monkeypatch.setattr(faust_fixes, "_faust_perform_seek", overtaken)
+    await faust_fixes._perform_seek(it)
+    assert it.frontier_generation is None  # generation 5 seeks for itself
+
+
 def test_the_records_aiokafka_gives_say_where_its_fetch_stood_before_them():
     from aiokafka.consumer.fetcher import PartitionRecords
 
@@ -99,10 +129,12 @@ async def test_a_rebalance_starts_every_stream_partition_held_from_its_committed
     monkeypatch.setattr(faust_fixes, "_faust_perform_seek", faust_seek)
     it = committing(None, 55, [])
     it.early = {TP("orders", 3)}
-    it.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={"orders-changelog"}))
+    it.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={"orders-changelog"}),
+                             consumer_generation_id=7)
     it.assignment = lambda: {TP("orders", 0), TP("orders", 1), TP("orders-changelog", 0)}
     await faust_fixes._perform_seek(it)
     assert it.frontier == {TP("orders", 0): 40, TP("orders", 1): 0} and it.early == set()
+    assert it.frontier_generation == 7
 
 
 def test_the_fetch_loop_never_sees_a_read_mark_so_drops_nothing():
@@ -188,6 +220,7 @@ class Worker:
         self.tp = TP("intents", 1)
         self.seeks: list[dict] = []
         self.rebalancing = self.in_recovery = False
+        self.consumer_generation_id = 2
         self.flow_control = SimpleNamespace(is_active=lambda: True)
 
         async def seek_wait(partitions):
@@ -198,9 +231,14 @@ class Worker:
 
         self.log_start = 0
         faust_fixes.FETCHED[self.tp] = fetched
+        async def perform_seek():
+            self.seeks.append("committed")
+            self.consumer.frontier_generation = self.consumer_generation_id
+
         self.consumer = SimpleNamespace(frontier={self.tp: frontier}, early={self.tp} if early else set(),
-                                        flow_active=True, seek_wait=seek_wait,
-                                        earliest_offsets=earliest_offsets, handled=0)
+                                        flow_active=True, seek_wait=seek_wait, perform_seek=perform_seek,
+                                        earliest_offsets=earliest_offsets, handled=0,
+                                        frontier_generation=2)
 
 
 def rereads(tp, reason):
@@ -262,6 +300,15 @@ async def test_partitions_moving_handled_to_the_end_or_mid_rebalance_are_left_al
                 app.consumer.frontier[app.tp] += 1
             await watch.look(app)
         assert app.seeks == []
+
+
+async def test_a_generation_whose_seek_set_no_frontier_is_sought_by_the_watch():
+    watch, app = faust_fixes.FrontierWatch(), Worker(6, 6)
+    app.consumer_generation_id = 3  # its seek was overtaken, and no rebalance followed
+    await watch.look(app)
+    assert app.seeks == ["committed"] and app.consumer.frontier_generation == 3
+    await watch.look(app)
+    assert app.seeks == ["committed"]
 
 
 def test_streams_acknowledge_through_the_consumer_so_the_fixes_see_every_acknowledgement():
