@@ -58,7 +58,12 @@ class CircuitBreaker:
     def succeeded(self) -> None:
         self.failures, self.opened_at, self.trial = 0, None, False
 
-    def failed(self, now: float) -> None:
+    def failed(self, now: float) -> bool:
+        """Count a failure; True when it opens the circuit (closed until now, or its trial
+        call failed), not for the calls already in flight that fail after it."""
         self.failures += 1
         if self.trial or self.failures >= self.threshold:
+            opens = self.opened_at is None or self.trial
             self.opened_at, self.trial = now, False
+            return opens
+        return False

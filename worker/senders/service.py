@@ -231,7 +231,9 @@ class SendersService:
                                {"reason": failure.reason})
             return None
         except RetryLater as retry:
-            guard.breaker.failed(loop.time())
+            if guard.breaker.failed(loop.time()):
+                log.warning("%s failed %d times in a row: its circuit is open for %.0f s",
+                            sender.provider, guard.breaker.failures, guard.breaker.cool_down)
             metrics.provider_calls.labels(sender.provider, "retry").inc()
             if retry.answered and not sender.drops_repeats:  # it said no: nothing is uncertain
                 await self.producer.send_and_wait(self.settings.topics.attempts, None,
