@@ -14,8 +14,10 @@ Each provider has a token bucket (its rate limit) and a circuit breaker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,6 +60,15 @@ class Guard:
 
     bucket: TokenBucket
     breaker: CircuitBreaker
+    in_flight: int = 0  # calls to the provider not back yet
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     async def wait(self, provider: str) -> None:
         loop = asyncio.get_running_loop()
@@ -223,7 +234,8 @@ class SendersService:
             # Only the call itself takes a slot: a provider's rate limit or open circuit
             # (waited for above) holds up its own sends, not the other providers'.
             async with self.calls:
-                delivery = await sender.send(command)
+                with guard.calling():
+                    delivery = await sender.send(command)
         except PermanentFailure as failure:
             guard.breaker.succeeded()  # the provider answered: it is up
             metrics.provider_calls.labels(sender.provider, "rejected").inc()
@@ -231,9 +243,10 @@ class SendersService:
                                {"reason": failure.reason})
             return None
         except RetryLater as retry:
-            if guard.breaker.failed(loop.time()):
-                log.warning("%s failed %d times in a row: its circuit is open for %.0f s",
-                            sender.provider, guard.breaker.failures, guard.breaker.cool_down)
+            if guard.breaker.failed(loop.time(), guard.in_flight):
+                log.warning("%s failed %d of its last %d calls: its circuit is open for %.0f s",
+                            sender.provider, guard.breaker.failures, len(guard.breaker.recent),
+                            guard.breaker.cool_down)
             metrics.provider_calls.labels(sender.provider, "retry").inc()
             if retry.answered and not sender.drops_repeats:  # it said no: nothing is uncertain
                 await self.producer.send_and_wait(self.settings.topics.attempts, None,
