@@ -45,12 +45,12 @@ class CircuitBreaker:
     cool_down: float = 30.0
     opened_at: float | None = None
     trial: bool = False
-    recent: deque[bool] = field(default_factory=deque)  # True: the call succeeded
+    recent: deque[bool] = field(init=False, repr=False)  # True: the call succeeded
 
     SHARE = 0.9  # of the recent calls and those in flight, failed
 
     def __post_init__(self) -> None:
-        self.recent = deque(self.recent, maxlen=2 * self.threshold)
+        self.recent = deque(maxlen=2 * self.threshold)
 
     @property
     def failures(self) -> int:
