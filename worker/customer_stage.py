@@ -41,7 +41,8 @@ class CustomerStage:
         self.customers = pipeline.table("customers")
         self.wakeups = Wakeups(lambda: pipeline.held(  # held notifications' releases
             self.customers, t.intents,
-            lambda state: customer.CustomerState.from_dict(state).next_release))
+            lambda state: customer.CustomerState.from_dict(state).next_release),
+            limit=pipeline.wakeups_limit)
         self.watermarks = pipeline.table("watermarks")  # customer partition -> its watermark
         self.heard: dict[int, dict[int, datetime]] = {}  # ... -> order partition -> time it told
         # Each customer partition's engagement figures; every worker follows all of them.

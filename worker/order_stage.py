@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +48,8 @@ class OrderStage:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.app, self.settings, self.rules = pipeline.app, pipeline.settings, pipeline.rules
-        t = self.settings.topics
         self.orders = pipeline.table("orders")
-        self.wakeups = Wakeups(lambda: pipeline.held(
-            self.orders, t.orders, lambda state: state.get("wake_at")))
+        self.wakeups = Wakeups(self._held, limit=pipeline.wakeups_limit)
         self.clock_marks = pipeline.table("clock")
         self.active_counts = pipeline.table("active_parcels")  # partition -> parcels on their way
         self.clock = Clock(event_mode=self.settings.event_clock)
@@ -65,6 +63,16 @@ class OrderStage:
         # writes it anyway, so it is packed and written once, not twice. As JSON: a pass
         # that fails half-way must not leave its changes in what is written.
         self.unsaved: dict[str, tuple[bytes, str | None]] = {}
+
+    def _held(self) -> Iterator[tuple[int, str, str | datetime | None]]:
+        """When each order is next due: the table, but for the states the event in hand
+        applied and has not written yet (the index may be read again in between)."""
+        p, orders = self.pipeline, self.settings.topics.orders
+        for partition, key, due in p.held(self.orders, orders, lambda state: state.get("wake_at")):
+            if key not in self.unsaved:
+                yield partition, key, due
+        for order_id, (_, due) in self.unsaved.items():
+            yield p.partition_of(orders, order_id.encode()), order_id, due
 
     def forget(self) -> None:
         """A rebalance: what this worker remembers of its partitions' progress is stale."""

@@ -64,6 +64,9 @@ class Settings:
     # All of RocksDB's caches and write buffers in one process, shared by every table
     # partition (worker/rocks.py); Faust's defaults are per partition.
     rocksdb_memory_mb: int = 256
+    # With RocksDB, each stage's index of wake-ups holds this many of the soonest due; the
+    # rest stay in the store until their time nears (worker/wakeups.py).
+    wakeups_held: int = 100_000
     data_dir: Path = Path("var")
     log_level: str = "info"
     log_format: str = "json"
@@ -239,6 +242,8 @@ def _check(s: Settings) -> None:
         raise SettingsError(f"{PREFIX}TICK_SECONDS={s.tick_seconds}: expected 1 or more")
     if s.rocksdb_memory_mb < 16:
         raise SettingsError(f"{PREFIX}ROCKSDB_MEMORY_MB={s.rocksdb_memory_mb}: expected 16 or more")
+    if s.wakeups_held < 1:
+        raise SettingsError(f"{PREFIX}WAKEUPS_HELD={s.wakeups_held}: expected 1 or more")
     for key in ("web_port", "senders_web_port", "sinks_web_port", "pages_web_port", "smtp_port"):
         port = getattr(s, key)
         if not 0 < port < 65536:

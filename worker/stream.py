@@ -225,6 +225,11 @@ class Pipeline:
                 yield partition, key.decode(), packing.due(saved, due_of)
         runtime.release_freed_memory()  # a RocksDB store's reads
 
+    @property
+    def wakeups_limit(self) -> int | None:
+        """How many wake-ups an index holds: all of them when every state is in memory."""
+        return self.settings.wakeups_held if self.settings.store.startswith("rocksdb:") else None
+
     def moment(self, due: datetime, reached: datetime) -> datetime:
         """When a wake-up happens. Under the event clock, at its own due time: the same
         stream gives the same decisions however its topics' reads interleave. Under the

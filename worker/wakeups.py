@@ -6,6 +6,12 @@ is never written anywhere: a restart or a rebalance loses nothing, and whoever h
 partition builds its index again from the table (``source``) when it is first asked. A table of
 wake-ups beside the states (as this was first built) cost more changelog records than
 the states themselves, and could disagree with them after a crash between the two.
+
+With a ``limit`` (the RocksDB store, whose states are not all in memory) the index holds
+only the keys already due and the ``limit`` due soonest after them when it reads its
+source; the others are due at or after its *horizon* and are left in the table. When a
+partition's time reaches the horizon the index reads its source again. So its memory does not grow with the orders
+held, and what it costs is a read of the table each time that many wake-ups have passed.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ Source = Callable[[], Iterable[tuple[int, str, str | datetime | None]]]  # (part
 
 
 class Wakeups:
-    def __init__(self, source: Source = lambda: ()) -> None:
-        self.source, self.built = source, False
+    def __init__(self, source: Source = lambda: (), limit: int | None = None) -> None:
+        self.source, self.limit, self.built = source, limit, False
+        # Keys due at or after this epoch second are not held (None: every key is).
+        self.horizon: int | None = None
         self._at: dict[int, dict[str, int]] = {}  # partition -> key -> epoch second
         # partition -> (second, key), oldest first; an entry whose second is no longer the
         # key's is left in place and passed over when it comes up.
@@ -31,27 +39,59 @@ class Wakeups:
         """Forget everything: the source is read again when the index is next asked."""
         self._at.clear()
         self._queue.clear()
-        self.built = False
+        self.built, self.horizon = False, None
 
-    def _build(self) -> None:
+    def _build(self, until: int | None = None) -> None:
+        """Read the source: with a limit, every key due by ``until`` and the ``limit`` due
+        soonest after it."""
+        self.clear()
         self.built = True
         try:
+            if self.limit is None:
+                for partition, key, due in self.source():
+                    self.set(partition, key, due)
+                return
+            soonest: list[tuple[int, int, str]] = []  # (-second, partition, key), a max-heap
+            horizon = None
             for partition, key, due in self.source():
-                self.set(partition, key, due)
+                if due is None:
+                    continue
+                second = _second(due)
+                if until is not None and second <= until:  # due now: visited at once
+                    self._hold(partition, key, second)
+                    continue
+                entry = (-second, partition, key)
+                if len(soonest) < self.limit:
+                    heapq.heappush(soonest, entry)
+                    continue
+                left = -heapq.heappushpop(soonest, entry)[0]  # the latest of them, or this one
+                horizon = left if horizon is None else min(horizon, left)
+            for negative, partition, key in soonest:
+                self._hold(partition, key, -negative)
+            self.horizon = horizon
         except BaseException:
             # Half an index would never wake the keys it missed: read it all again next time.
             self.clear()
             raise
 
+    def _ready(self, now: datetime) -> None:
+        """Built, and read again if ``now`` has reached the horizon."""
+        until = int(now.timestamp())
+        if not self.built or (self.horizon is not None and until >= self.horizon):
+            self._build(until)
+
     def set(self, partition: int, key: str, due: str | datetime | None) -> None:
         """``key`` is next due at ``due`` (a stamp or a time), or never (None)."""
         if not self.built:
             self._build()
-        at = self._at.setdefault(partition, {})
-        if due is None:
-            at.pop(key, None)
+        second = None if due is None else _second(due)
+        if second is None or (self.horizon is not None and second >= self.horizon):
+            self._at.get(partition, {}).pop(key, None)  # never, or found again by a later read
             return
-        second = int((datetime.fromisoformat(due) if isinstance(due, str) else due).timestamp())
+        self._hold(partition, key, second)
+
+    def _hold(self, partition: int, key: str, second: int) -> None:
+        at = self._at.setdefault(partition, {})
         if at.get(key) == second:
             return
         at[key] = second
@@ -62,8 +102,7 @@ class Wakeups:
 
     def due(self, partition: int, now: datetime) -> list[tuple[datetime, str]]:
         """(due time, key) of the keys due at or before ``now``, oldest first; nothing changes."""
-        if not self.built:
-            self._build()
+        self._ready(now)
         until, at = int(now.timestamp()), self._at.get(partition, {})
         queue = self._queue.get(partition, [])
         taken, due = [], []
@@ -78,8 +117,7 @@ class Wakeups:
 
     def any_due(self, partition: int, now: datetime) -> bool:
         """Is a key of the partition due at or before ``now``?"""
-        if not self.built:
-            self._build()
+        self._ready(now)
         at, queue = self._at.get(partition, {}), self._queue.get(partition, [])
         while queue and at.get(queue[0][1]) != queue[0][0]:
             heapq.heappop(queue)  # passed over: the key is due at another time now, or never
@@ -106,3 +144,7 @@ class Wakeups:
             await settle()
         for key, next_at in upcoming.items():
             self.set(partition, key, next_at)
+
+
+def _second(due: str | datetime) -> int:
+    return int((datetime.fromisoformat(due) if isinstance(due, str) else due).timestamp())

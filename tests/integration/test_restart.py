@@ -26,11 +26,13 @@ def feed(settings, records: list[simulate.Record], *tick_times: datetime) -> Non
     asyncio.run(simulate.produce(settings, iter(records + ticks), progress=False))
 
 
-# RocksDB too: a killed worker keeps its store, and the index of wake-ups is read from it.
+# RocksDB too: a killed worker keeps its store, and the index of wake-ups is read from it,
+# here holding three ahead of the time (NOTIFIER_WAKEUPS_HELD), so read again and again.
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_kill_and_replay_never_sends_twice_nor_loses_what_was_held(stack, store):
     stack.env["NOTIFIER_CLOCK"] = "event"
     stack.env["NOTIFIER_STORE"] = store
+    stack.env["NOTIFIER_WAKEUPS_HELD"] = "3"
     settings = settings_module.load(stack.env)
     for command in ("sinks", "worker", "senders"):
         stack.start(command)

@@ -135,3 +135,38 @@ def test_an_index_whose_reading_failed_is_read_whole_the_next_time():
     with pytest.raises(RuntimeError):
         wakeups.due(0, T0)
     assert keys(wakeups.due(0, T0)) == ["a", "b"]  # "b" is not left unwoken
+
+
+def test_with_a_limit_the_index_holds_the_soonest_and_reads_its_source_again_at_the_horizon():
+    # The RocksDB store: the states are not all in memory, so neither are their wake-ups.
+    table = {f"o{n}": T0 + timedelta(hours=n) for n in range(10)}
+    reads = []
+
+    def source():
+        reads.append(1)
+        return [(0, key, due) for key, due in table.items()]
+
+    wakeups = Wakeups(source, limit=3)
+    # Those due now, and the next three: o5 on stay in the table.
+    assert keys(wakeups.due(0, T0 + timedelta(hours=1))) == ["o0", "o1"]
+    assert wakeups.horizon == int((T0 + timedelta(hours=5)).timestamp())
+    assert sum(len(at) for at in wakeups._at.values()) == 5 and len(reads) == 1
+    wakeups.set(0, "o9", T0 + timedelta(minutes=30))  # moved earlier: held now
+    wakeups.set(0, "o1", T0 + timedelta(hours=8))  # moved past the horizon: left to the table
+    table.update(o9=T0 + timedelta(minutes=30), o1=T0 + timedelta(hours=8))
+    assert keys(wakeups.due(0, T0 + timedelta(hours=2))) == ["o0", "o9", "o2"]
+    assert len(reads) == 1
+    # Time reaches the horizon: read again, and nothing due in between is missed.
+    for key in ("o0", "o9", "o2"):
+        del table[key]
+        wakeups.set(0, key, None)
+    assert keys(wakeups.due(0, T0 + timedelta(hours=4))) == ["o3", "o4"] and len(reads) == 1
+    # Time jumps a day: read again, and everything due by then comes, however many.
+    assert keys(wakeups.due(0, T0 + timedelta(days=1))) == ["o3", "o4", "o5", "o6", "o7", "o1", "o8"]
+    assert len(reads) == 2 and wakeups.horizon is None
+
+
+def test_a_limit_the_table_never_reaches_reads_it_once():
+    wakeups = Wakeups(lambda: [(0, "a", T0), (1, "b", T0 + timedelta(days=3)), (0, "c", None)], limit=5)
+    assert wakeups.due(0, T0 + timedelta(days=30)) == [(T0, "a")] and wakeups.horizon is None
+    assert keys(wakeups.due(1, T0 + timedelta(days=30))) == ["b"]
