@@ -10,8 +10,9 @@ the states themselves, and could disagree with them after a crash between the tw
 With a ``limit`` (the RocksDB store, whose states are not all in memory) the index holds
 only the keys already due and the ``limit`` due soonest after them when it reads its
 source; the others are due at or after its *horizon* and are left in the table. When a
-partition's time reaches the horizon the index reads its source again. So its memory does not grow with the orders
-held, and what it costs is a read of the table each time that many wake-ups have passed.
+partition's time reaches the horizon the index reads its source again. So its memory does
+not grow with the orders held, and what it costs is a read of the table each time that
+many wake-ups have passed.
 """
 
 from __future__ import annotations
