@@ -75,11 +75,12 @@ class Wakeups:
             self.clear()
             raise
 
-    def _ready(self, now: datetime) -> None:
-        """Built, and read again if ``now`` has reached the horizon."""
+    def _ready(self, now: datetime) -> int:
+        """Built, and read again if ``now`` has reached the horizon; ``now`` in seconds."""
         until = int(now.timestamp())
         if not self.built or (self.horizon is not None and until >= self.horizon):
             self._build(until)
+        return until
 
     def set(self, partition: int, key: str, due: str | datetime | None) -> None:
         """``key`` is next due at ``due`` (a stamp or a time), or never (None)."""
@@ -103,8 +104,7 @@ class Wakeups:
 
     def due(self, partition: int, now: datetime) -> list[tuple[datetime, str]]:
         """(due time, key) of the keys due at or before ``now``, oldest first; nothing changes."""
-        self._ready(now)
-        until, at = int(now.timestamp()), self._at.get(partition, {})
+        until, at = self._ready(now), self._at.get(partition, {})
         queue = self._queue.get(partition, [])
         taken, due = [], []
         while queue and queue[0][0] <= until:
@@ -118,11 +118,11 @@ class Wakeups:
 
     def any_due(self, partition: int, now: datetime) -> bool:
         """Is a key of the partition due at or before ``now``?"""
-        self._ready(now)
+        until = self._ready(now)
         at, queue = self._at.get(partition, {}), self._queue.get(partition, [])
         while queue and at.get(queue[0][1]) != queue[0][0]:
             heapq.heappop(queue)  # passed over: the key is due at another time now, or never
-        return bool(queue) and queue[0][0] <= int(now.timestamp())
+        return bool(queue) and queue[0][0] <= until
 
     async def drain(self, partition: int, now: datetime,
                     visit: Callable[[datetime, str], Awaitable[datetime | None]],

@@ -203,7 +203,4 @@ def test_kills_poison_and_failing_providers_lose_nothing_and_repeat_nothing(stac
 
     # Each partition handled strictly in offset order: no order event found its order not
     # yet created (records handled out of turn, even where no notification changed).
-    out_of_turn = [line for log in stack.workdir.glob("worker*.log")
-                   for line in log.read_text(errors="replace").splitlines()
-                   if "for an order never created here" in line]
-    assert out_of_turn == [], out_of_turn[:3]
+    assert stack.out_of_turn() == [], stack.out_of_turn()[:3]

@@ -86,6 +86,13 @@ class Stack:
     def log(self, command: str) -> str:
         return (self.workdir / f"{command}.log").read_text(errors="replace")
 
+    def out_of_turn(self) -> list[str]:
+        """The workers' log lines of an order event handled before its order was created:
+        records handled out of offset order (a partition's events run strictly in turn)."""
+        return [line for log in self.workdir.glob("worker*.log")
+                for line in log.read_text(errors="replace").splitlines()
+                if "for an order never created here" in line]
+
     def wait_ready(self, timeout: float = 90) -> None:
         """Wait until sinks listen, the senders joined, and the worker's /readyz says ready."""
         import urllib.request
