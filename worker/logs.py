@@ -45,6 +45,7 @@ class Repeats(logging.Filter):
     each says something of its own (a notification, an order)."""
 
     LIBRARIES = ("aiokafka", "faust", "mode", "kafka")
+    KEPT = 1024  # messages remembered; a library's text written out before logging is new every time
 
     def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -61,6 +62,8 @@ class Repeats(logging.Filter):
             if last is not None and now - last[0] < self.window:
                 self._last[key] = (last[0], last[1] + 1)
                 return False
+            if len(self._last) >= self.KEPT:  # forget those whose window has passed
+                self._last = {k: v for k, v in self._last.items() if now - v[0] < self.window}
             self._last[key] = (now, 0)
         if last is not None and last[1]:
             record.repeated = last[1]

@@ -125,7 +125,7 @@ class Settings:
     retry_max_seconds: float = 600.0  # so 8 attempts span about 26 minutes, with jitter
     # Calls a second per provider (token buckets); unlisted providers are not limited.
     provider_rates: str = "twilio=10,fcm=500,wechat=100,smtp=200,webhook=200"
-    breaker_failures: int = 20  # N: a provider's circuit opens when N of its last 2N calls failed
+    breaker_failures: int = 20  # N: a provider's circuit opens when N of its last 2N calls failed, nine in ten
     breaker_seconds: float = 30.0  # how long it stays open before one trial call
     outbox: Path = Path("var/outbox.jsonl")
     sink_faults: str = ""  # the sinks' injected faults: "error=0.3,throttle=0.1,timeout=0.05"

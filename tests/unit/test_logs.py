@@ -45,3 +45,12 @@ def test_our_own_lines_all_go_through():
     lines = [record("worker.senders", "cannot tell whether %s reached its provider", f"ntf-{n}")
              for n in range(50)]
     assert all(repeats.filter(r) for r in lines)
+
+
+def test_what_it_remembers_stays_bounded_when_each_message_is_new():
+    clock = Clock()
+    repeats = Repeats(window=10, clock=clock)
+    for n in range(5000):  # text written out before logging: every message new
+        clock.now = n / 100
+        assert repeats.filter(record("faust", f"partition {n} moved"))
+    assert len(repeats._last) <= Repeats.KEPT
