@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -51,6 +52,22 @@ MESSAGES = {  # translated in the catalogs like the templates' strings
 }
 
 
+class PageRequest(Protocol):
+    """What a lookup reads of a request: aiohttp's, or a page server's (:mod:`worker.page_http`)."""
+
+    path_qs: str
+    query_string: str
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+
 class Orders(Protocol):
     """What a lookup reads: a worker's own tables, or a page server's copy of them."""
 
@@ -89,7 +106,7 @@ class LookupPage:
         for code, _ in LANGUAGES:  # compiled now, rather than by the first customers' lookups
             self._html(catalog_locale(code), form={})
 
-    async def track(self, request: web.Request) -> web.Response:
+    async def track(self, request: PageRequest) -> web.Response:
         q = request.query
         routed = ROUTED in request.headers and hmac.compare_digest(
             request.headers[ROUTED], links.request_mac(request.path_qs, self.secret))
@@ -149,7 +166,7 @@ class LookupPage:
         FOUND.inc()
         return web.Response(body=body, headers=HTML_HEADERS)
 
-    def _not_found(self, request: web.Request) -> web.Response:
+    def _not_found(self, request: PageRequest) -> web.Response:
         metrics.lookups.labels("not_found").inc()
         return self._page(404, page_locale(request.query.get("lang"), request), form={},
                           message=MESSAGES["not_found"])
@@ -170,7 +187,7 @@ class LookupPage:
             "message": translate(locale, message) if message else "",
             "languages": LANGUAGES, "switch": switch, "inbox": inbox or []})
 
-    async def _from_owner(self, order_id: str, request: web.Request) -> web.Response | None:
+    async def _from_owner(self, order_id: str, request: PageRequest) -> web.Response | None:
         """The answer of the process that holds the order; None when it is this one."""
         return None
 
@@ -204,7 +221,7 @@ def html_response(status: int, html: str) -> web.Response:
                         headers=SECURITY_HEADERS)
 
 
-def page_locale(tag: str | None, request: web.Request) -> str:
+def page_locale(tag: str | None, request: PageRequest) -> str:
     """The page's language: asked for, else the browser's first we have, else English."""
     if tag:
         return catalog_locale(tag)

@@ -33,7 +33,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from worker import runtime, topics
+from worker import page_http, runtime, topics
 from worker.domain import inbox
 from worker.domain.rules import Rules
 from worker.settings import Settings
@@ -139,15 +139,15 @@ async def serve(settings: Settings, rules: Rules) -> None:
         following.result()  # it failed before catching up: say why
     lookups = LookupPage(settings, replica)  # its templates compiled, then frozen with the rest
     runtime.settle()
-    app = web.Application()
-    app.router.add_get("/track", lookups.track)
-    app.router.add_get("/healthz", lambda _: _json({"ok": True, "pid": os.getpid()}))
-    app.router.add_get("/readyz", lambda _: _json({"ready": True, "pid": os.getpid(),
-                                                   "orders": len(replica.orders)}))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", settings.pages_web_port, backlog=1024,
-                      reuse_port=True).start()
+
+    async def healthz(_: page_http.Request) -> web.Response:
+        return _json({"ok": True, "pid": os.getpid()})
+
+    async def readyz(_: page_http.Request) -> web.Response:
+        return _json({"ready": True, "pid": os.getpid(), "orders": len(replica.orders)})
+
+    server = page_http.Server({"/track": lookups.track, "/healthz": healthz, "/readyz": readyz})
+    await server.start("0.0.0.0", settings.pages_web_port)
     log.info("pages ready on port %d: %d orders", settings.pages_web_port, len(replica.orders))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -160,7 +160,7 @@ async def serve(settings: Settings, rules: Rules) -> None:
             following.result()
     finally:
         following.cancel()
-        await runner.cleanup()
+        await server.stop()
 
 
 def run(settings: Settings, processes: int) -> int:
