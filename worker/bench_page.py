@@ -1,16 +1,15 @@
 """``notifier bench page``: the tracking page under 200 concurrent lookups.
 
-Starts the embedded broker (or uses ``NOTIFIER_KAFKA_BOOTSTRAP``), two workers (one renders
-every page, one keeps the pages of unchanged orders) and beside each two page servers
-(``notifier pages``), writes ``--orders`` simulated orders with their tracking, waits until
-the workers have committed them and the page servers have read them, then keeps
-``--concurrency`` lookups (order number and email, over keep-alive connections) in flight
-against each for ``--seconds``, cycling over the orders from a cold page cache (customers
-refreshing: the page of an order that has not changed comes from memory), and where pages
-are kept, for ``--seconds`` more with the pages drawn. Reports the latency of each lookup
-(p50, p99) and lookups per second.
-The client runs on the same machine and takes its share of the two cores.
-"""
+Starts the embedded broker (or uses ``NOTIFIER_KAFKA_BOOTSTRAP``), writes ``--orders``
+simulated orders with their tracking, then measures two setups in turn, each a worker and
+two page servers (``notifier pages``) following its tables: one renders every page, the
+other keeps the pages of unchanged orders. Once the worker has committed the orders and the
+page servers have read them, ``--concurrency`` lookups (order number and email, over
+keep-alive connections) are kept in flight against the worker and then against the page
+servers, for ``--seconds`` from a cold page cache and ``--seconds`` more with the
+connections open (where pages are kept, the pages drawn: customers refreshing), cycling over
+the orders. Reports the latency of each lookup (p50, p99) and lookups per second.
+The client runs on the same machine and takes its share of the two cores."""
 
 from __future__ import annotations
 
@@ -48,40 +47,41 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
                         "NOTIFIER_LOOKUPS_PER_MINUTE": "100000000"})
             bench = load(env)
             asyncio.run(topics.ensure(bench))
-            # Two workers, each in a consumer group of its own (so each reads every order): one
-            # renders every page, the other keeps the rendered pages of unchanged orders. Each
-            # has two page servers (notifier pages) beside it, following its tables, alike.
-            setups = {}  # (who, cache) -> port
-            groups = {}
-            for cache in ("0", str(settings.page_cache_size)):
-                groups[cache] = f"bench-page-{cache}-{int(time.time())}"
-                setups["worker", cache], setups["pages", cache] = free_port(), free_port()
-                processes.append(runtime.spawn(
-                    "worker", workdir / f"worker-{cache}.log", cwd=workdir,
-                    env={**env, "NOTIFIER_APP_ID": groups[cache], "NOTIFIER_WEB_PORT": str(setups["worker", cache]),
-                         "NOTIFIER_PAGE_CACHE_SIZE": cache, "NOTIFIER_DATA_DIR": str(workdir / cache)}))
             records = list(simulate.stories(bench, count=orders, seed=2026, days=3,
                                             start=datetime.now(UTC) - timedelta(days=4)))
             emails = {r.key: r.data["customer"]["email"] for r in records
                       if r.event_type == "order.created" and r.data["customer"].get("email")}
             paths = [f"/track?{urlencode({'order': order, 'email': email})}" for order, email in emails.items()]
             asyncio.run(simulate.produce(bench, iter(records), progress=False))
-            print(f"{len(records):,} events of {orders:,} orders written; waiting for the workers...", flush=True)
-            for group in groups.values():
+            print(f"{len(records):,} events of {orders:,} orders written", flush=True)
+            figures, warm = {}, {}
+            # One setup after the other, each a worker in a consumer group of its own (so it
+            # reads every order) and two page servers (notifier pages) following its tables:
+            # one renders every page, the other keeps the rendered pages of unchanged orders.
+            for cache in ("0", str(settings.page_cache_size)):
+                group = f"bench-page-{cache}-{int(time.time())}"
+                ports = {"worker": free_port(), "pages": free_port()}
+                setup = {**env, "NOTIFIER_APP_ID": group, "NOTIFIER_PAGE_CACHE_SIZE": cache}
+                processes.append(runtime.spawn(
+                    "worker", workdir / f"worker-{cache}.log", cwd=workdir,
+                    env={**setup, "NOTIFIER_WEB_PORT": str(ports["worker"]),
+                         "NOTIFIER_DATA_DIR": str(workdir / cache)}))
+                print(f"page cache {cache}: waiting for the worker...", flush=True)
                 asyncio.run(_caught_up(bench, group))
-            for cache, group in groups.items():
                 processes.append(runtime.spawn(
                     f"pages --processes {PAGE_SERVERS}", workdir / f"pages-{cache}.log", cwd=workdir,
-                    env={**env, "NOTIFIER_APP_ID": group, "NOTIFIER_PAGES_WEB_PORT": str(setups["pages", cache]),
-                         "NOTIFIER_PAGE_CACHE_SIZE": cache}))
-            for cache in groups:
-                _wait_for_page_servers(setups["pages", cache], PAGE_SERVERS)
-            figures, warm = {}, {}
-            for (who, cache), port in setups.items():
-                print(f"{concurrency} lookups in flight for {seconds:g} s, {who}, page cache {cache}...", flush=True)
-                figures[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
-                if cache != "0":  # and on, the pages drawn: customers refreshing
+                    env={**setup, "NOTIFIER_PAGES_WEB_PORT": str(ports["pages"])}))
+                _wait_for_page_servers(ports["pages"], PAGE_SERVERS)
+                for who, port in ports.items():
+                    print(f"{concurrency} lookups in flight for {seconds:g} s, twice, {who}, "
+                          f"page cache {cache}...", flush=True)
+                    figures[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
+                    # And on, the connections open: with pages kept, customers refreshing.
                     warm[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
+                while processes:
+                    process = processes.pop()
+                    process.terminate()
+                    process.wait(20)
         finally:
             for process in processes:
                 process.terminate()
@@ -94,7 +94,8 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
         line = (f"{served}, {what}, {concurrency} lookups in flight: p50 {got['p50']:.1f} ms, "
                 f"p99 {got['p99']:.1f} ms, {got['rate']:,.0f} lookups/s")
         if then := warm.get((who, cache)):
-            line += (f"; the next {seconds:g} s, the pages drawn: p50 {then['p50']:.1f} ms, "
+            drawn = ", the pages drawn" if cache != "0" else ""
+            line += (f"; the next {seconds:g} s{drawn}: p50 {then['p50']:.1f} ms, "
                      f"p99 {then['p99']:.1f} ms, {then['rate']:,.0f} lookups/s")
         lines.append(line)
     runs = [*figures.values(), *warm.values()]
