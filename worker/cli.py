@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -106,10 +107,33 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     # every write (PartitionsMismatch) until the next metadata refresh, minutes later.
     changelogs = {t.changelog_topic_name: {"cleanup.policy": "compact"} for t in app.tables.values()}
     asyncio.run(_prepare(settings, "worker", changelogs))
-    worker = Worker(app, quiet=True, loglevel=settings.log_level,
-                    logging_config=logs.logging_config(settings.log_level, settings.log_format))
+    class BoundedStop(Worker):  # type: ignore[misc]
+        """Faust's worker with a deadline on stopping. A stop commits, leaves the group and
+        flushes the producer; with the broker gone those wait for ever (and a supervisor
+        that waits for the process with them). Past ``stop_seconds``, or on a second
+        signal, the process exits as a kill would: at-least-once reading and the senders'
+        ledger make that safe, and the fault suite kills workers so on purpose."""
+
+        def _schedule_shutdown(self, sig: signal.Signals) -> None:
+            if self._signal_stop_time:
+                _exit_unstopped("a second signal")
+            super()._schedule_shutdown(sig)
+            self.loop.call_later(settings.stop_seconds, _exit_unstopped,
+                                 f"{settings.stop_seconds:g} s without stopping")
+
+    worker = BoundedStop(app, quiet=True, loglevel=settings.log_level,
+                         logging_config=logs.logging_config(settings.log_level, settings.log_format))
     worker.execute_from_commandline()
     return 0
+
+
+def _exit_unstopped(why: str) -> None:
+    logging.getLogger("worker").error(
+        "stopping the worker: %s; exiting now, without a clean leave (what it had not "
+        "committed is read again by the partitions' next owner)", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
 
 
 def run_senders(settings: Settings, args: argparse.Namespace) -> int:

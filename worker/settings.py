@@ -60,6 +60,7 @@ class Settings:
     # How long the group waits for a worker that stopped answering (killed, cut off) before
     # its partitions go to the others; Kafka allows 6 to 1,800 s by default.
     session_timeout_seconds: float = 60.0
+    stop_seconds: float = 30.0  # a stop that takes longer (its broker gone) ends as a kill would
     store: str = "memory://"
     # All of RocksDB's caches and write buffers in one process, shared by every table
     # partition (worker/rocks.py); Faust's defaults are per partition.
@@ -238,6 +239,8 @@ def _check(s: Settings) -> None:
     if not 6 <= s.session_timeout_seconds <= 1800:
         raise SettingsError(f"{PREFIX}SESSION_TIMEOUT_SECONDS={s.session_timeout_seconds:g}: "
                             "expected 6 to 1800 (the broker's group session limits)")
+    if s.stop_seconds <= 0:
+        raise SettingsError(f"{PREFIX}STOP_SECONDS={s.stop_seconds:g}: expected more than 0")
     if s.tick_seconds < 1:
         raise SettingsError(f"{PREFIX}TICK_SECONDS={s.tick_seconds}: expected 1 or more")
     if s.rocksdb_memory_mb < 16:

@@ -1,0 +1,49 @@
+"""A worker asked to stop does stop: cleanly with its broker there, within
+``NOTIFIER_STOP_SECONDS`` (or at a second signal) with its broker gone, where a clean stop
+would wait for ever."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.integration.conftest import Stack, wait_for
+from worker.broker import EmbeddedBroker
+from worker.settings import PROJECT_ROOT
+
+UNCLEAN = "without a clean leave"
+UNSENT = "Got error produce response"
+
+
+def test_a_worker_told_to_stop_leaves_cleanly(stack):
+    worker = stack.start("worker")
+    stack.wait_ready()
+    worker.terminate()
+    assert worker.wait(60) == 0
+    assert UNCLEAN not in stack.log("worker")
+
+
+def test_a_worker_whose_broker_is_gone_still_stops(tmp_path):
+    broker = EmbeddedBroker(PROJECT_ROOT / ".cache" / "kafka-libs", tmp_path / "kafka")
+    stack = Stack(broker.start(), tmp_path)
+    try:
+        worker = stack.start("worker", NOTIFIER_STOP_SECONDS="3")
+        stack.wait_ready()
+        broker.process.kill()  # not a clean broker stop: gone
+        broker.process.wait()
+        # It has records it cannot send (the clock's ticks): its producer's flush would wait.
+        assert wait_for(lambda: UNSENT in stack.log("worker"), timeout=60)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 1  # 3 s, and then at once
+        assert "3 s without stopping" in stack.log("worker")
+    finally:
+        stack.stop()
+        broker.stop()
+
+
+def test_a_second_signal_stops_a_worker_at_once(stack):
+    worker = stack.start("worker", NOTIFIER_STOP_SECONDS="600")
+    stack.wait_ready()
+    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGINT)  # Ctrl-C again, before the clean stop is done
+    assert worker.wait(30) == 1
+    assert "a second signal" in stack.log("worker")
