@@ -107,12 +107,13 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     # every write (PartitionsMismatch) until the next metadata refresh, minutes later.
     changelogs = {t.changelog_topic_name: {"cleanup.policy": "compact"} for t in app.tables.values()}
     asyncio.run(_prepare(settings, "worker", changelogs))
+
     class BoundedStop(Worker):  # type: ignore[misc]
         """Faust's worker with a deadline on stopping. A stop commits, leaves the group and
-        flushes the producer; with the broker gone those wait for ever (and a supervisor
-        that waits for the process with them). Past ``stop_seconds``, or on a second
-        signal, the process exits as a kill would: at-least-once reading and the senders'
-        ledger make that safe, and the fault suite kills workers so on purpose."""
+        flushes the producer; with the broker gone those wait for ever, and so does whatever
+        waits for the process. Past ``stop_seconds``, or on a second signal, the process
+        exits as a kill would: at-least-once reading and idempotent effects make that safe
+        (the fault suite kills workers on purpose)."""
 
         def _schedule_shutdown(self, sig: signal.Signals) -> None:
             if self._signal_stop_time:
