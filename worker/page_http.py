@@ -1,12 +1,13 @@
 """The page servers' HTTP/1.1: just the part a handful of GET routes answered from memory
 need, parsed by llhttp (the ``httptools`` binding, as uvicorn uses it).
 
-aiohttp's server spent about 70 µs of CPU on a request before the page's own code ran,
-a fifth of a drawn lookup; this spends about 30 (docs/performance.md, Tracking page). The
-worker keeps aiohttp: its routes are many, and it is not where lookups are answered.
+aiohttp's server spent about 70 µs of the two cores on a request before the page's own
+code ran, a fifth of a drawn lookup, and a bare asyncio protocol about 30; the page servers
+answer a fifth more drawn lookups a second through this (docs/performance.md, Tracking
+page). The worker keeps aiohttp: its routes are many, and lookups go to the page servers.
 
 What it does: keep-alive and pipelining (answers in the order asked), HEAD, the request
-line and headers bounded as aiohttp bounds them (431, 414), a request body read and
+line and headers bounded as aiohttp bounds them (414, 431), a request body read and
 dropped (up to 64 KiB, then 413), 400 for what is not HTTP, 404 and 405, 500 with the
 error logged; reading paused while a client does not read its answers or has asked too
 many at once; a connection closed after ``IDLE_SECONDS`` without a byte.
