@@ -10,7 +10,8 @@ What it does: keep-alive and pipelining (answers in the order asked), HEAD, the 
 line and headers bounded as aiohttp bounds them (414, 431), a request body read and
 dropped (up to 64 KiB, then 413), 400 for what is not HTTP, 404 and 405, 500 with the
 error logged; reading paused while a client does not read its answers or has asked too
-many at once; a connection closed after ``IDLE_SECONDS`` without a byte.
+many at once; a client that half-closes answered before the close; a connection closed
+after ``IDLE_SECONDS`` without a byte.
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ class Connection(asyncio.Protocol):
             self._refuse(400)
         if len(self.queue) >= MAX_QUEUED:
             self._pause("queue")
+
+    def eof_received(self) -> bool:
+        """The client has sent all it will (a half-close): answer it, then close."""
+        self._finish_with(b"")
+        return True  # keep the transport open for the answers
 
     def pause_writing(self) -> None:  # the client is not reading its answers
         self._pause("writing")

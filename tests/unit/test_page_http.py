@@ -117,6 +117,15 @@ async def test_a_client_without_keep_alive_is_answered_and_closed(port):
     assert [a[0] for a in answers] == [200] and answers[0][1]["Connection"] == "close"
 
 
+async def test_a_client_that_half_closes_after_asking_gets_its_answers(port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(get("/echo?n=1&slow") + get("/echo?n=2"))
+    writer.write_eof()  # as `printf ... | nc` does
+    answers = await asyncio.wait_for(reader.read(), timeout=5)  # to the server's close
+    assert answers.count(b"HTTP/1.1 200 OK") == 2 and b"'n', '2'" in answers
+    writer.close()
+
+
 async def test_an_idle_connection_is_closed(monkeypatch):
     monkeypatch.setattr(page_http, "IDLE_SECONDS", 0.25)
     server = page_http.Server({"/echo": echo})
