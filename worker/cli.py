@@ -111,13 +111,23 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     class BoundedStop(Worker):  # type: ignore[misc]
         """Faust's worker with a deadline on stopping. A stop commits, leaves the group and
         flushes the producer; with the broker gone those wait for ever, and so does whatever
-        waits for the process. Past ``stop_seconds``, or on a second signal, the process
-        exits as a kill would: at-least-once reading and idempotent effects make that safe
-        (the fault suite kills workers on purpose)."""
+        waits for the process. Past ``stop_seconds``, or when the same signal comes again
+        (Ctrl-C twice), the process exits as a kill would: at-least-once reading and
+        idempotent effects make that safe (the fault suite kills workers on purpose). A
+        different one joins the stop under way: `notifier dev` sends SIGTERM to the worker
+        that the terminal's Ctrl-C has just reached."""
+
+        first_signal: signal.Signals | None = None
 
         def _schedule_shutdown(self, sig: signal.Signals) -> None:
-            if self._signal_stop_time:
-                _exit_unstopped("a second signal")
+            if sig == self.first_signal:
+                _exit_unstopped(f"{sig.name} again")
+            if self.first_signal is not None:
+                return
+            self.first_signal = sig
+            logging.getLogger("worker").info(
+                "stopping on %s: a clean stop, %g s at most (%s again exits at once)",
+                sig.name, settings.stop_seconds, sig.name)
             super()._schedule_shutdown(sig)
             self.loop.call_later(settings.stop_seconds, _exit_unstopped,
                                  f"{settings.stop_seconds:g} s without stopping")
