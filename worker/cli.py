@@ -114,8 +114,8 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         waits for the process. Past ``stop_seconds``, or when the same signal comes again
         (Ctrl-C twice), the process exits as a kill would: at-least-once reading and
         idempotent effects make that safe (the fault suite kills workers on purpose). A
-        different one joins the stop under way: `notifier dev` sends SIGTERM to the worker
-        that the terminal's Ctrl-C has just reached."""
+        different signal joins the stop under way: `notifier dev` sends SIGTERM to the
+        worker that the terminal's Ctrl-C has just reached."""
 
         first_signal: signal.Signals | None = None
 
