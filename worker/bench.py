@@ -154,9 +154,7 @@ def run(settings: Settings, backlog: int, steady_rate: float, steady_seconds: fl
             time.sleep(3)
             figures = asyncio.run(_measure(bench, backlog, steady_rate, steady_seconds))
         finally:
-            for child in children:
-                child.terminate()
-                child.wait(20)
+            runtime.stop(*children)
     lines = [
         f"one senders process, {backlog:,} notifications over {len(CHANNELS)} channels, no faults: "
         f"{figures['rate']:,.0f} notifications/s",

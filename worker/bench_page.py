@@ -78,14 +78,10 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
                     figures[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
                     # And on, the connections open: with pages kept, customers refreshing.
                     warm[who, cache] = _wrk(f"http://127.0.0.1:{port}", paths, concurrency, seconds, workdir)
-                while processes:
-                    process = processes.pop()
-                    process.terminate()
-                    process.wait(20)
+                runtime.stop(*processes)
+                processes.clear()
         finally:
-            for process in processes:
-                process.terminate()
-                process.wait(20)
+            runtime.stop(*processes)
     lines = []
     for (who, cache), got in figures.items():
         served = "one worker" if who == "worker" else f"{PAGE_SERVERS} page servers (notifier pages)"

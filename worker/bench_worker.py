@@ -26,7 +26,6 @@ import dataclasses
 import itertools
 import math
 import re
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -186,11 +185,7 @@ class WorkerProcess:
             quiet, used = (quiet + 1 if now - used < 0.1 else 0), now
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        runtime.stop(self.process)
 
 
 async def _ends(settings: Settings, names: list[str]) -> int:

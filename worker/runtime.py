@@ -62,6 +62,21 @@ def spawn(command: str, log: Path, *, append: bool = False, **popen: Any) -> sub
                                 stderr=subprocess.STDOUT, **popen)
 
 
+def stop(*children: subprocess.Popen[bytes], timeout: float = 45.0) -> None:
+    """Ask ``children`` to stop (SIGTERM), and kill those still running after ``timeout``
+    seconds: longer than a worker's own bound on stopping (``NOTIFIER_STOP_SECONDS``), and
+    never leaving one behind, as a wait that gave up did."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def resident_bytes(pid: int) -> int:
     """A process's resident memory; 0 once it has ended (and is not yet reaped)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -98,9 +98,7 @@ def run(settings: Settings, minutes: float, rate: float, days: float, every: flo
             samples = asyncio.run(_soak(soak, records, rate, every, worker, children[1], app_id))
         finally:
             worker.stop()
-            for child in children:
-                child.terminate()
-                child.wait(20)
+            runtime.stop(*children)
     plot = PROJECT_ROOT / "docs" / "soak.png"
     _plot(samples, plot, f"notifier soak: {rate:g} events/s for {minutes:g} min, "
                          f"{days:g} event days ({machine()})")

@@ -1,7 +1,11 @@
-"""How a ready process treats its memory: start-up's garbage freed, not frozen for good."""
+"""How a ready process treats its memory (start-up's garbage freed, not frozen for good),
+and how children are stopped (none left behind)."""
 
 import gc
 import os
+import signal
+import subprocess
+import sys
 import weakref
 
 from worker import runtime
@@ -39,3 +43,15 @@ def test_a_process_memory_and_cpu_as_the_benchmarks_read_them() -> None:
     assert runtime.resident_bytes(pid) > 64 << 20
     sum(range(3_000_000))  # some CPU
     assert runtime.cpu_seconds(pid) > before
+
+
+DEAF = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+
+
+def test_children_are_stopped_and_one_that_ignores_sigterm_is_killed():
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    deaf = subprocess.Popen([sys.executable, "-c", DEAF], stdout=subprocess.PIPE)
+    deaf.stdout.readline()  # its handler is set
+    runtime.stop(polite, deaf, timeout=1)
+    assert polite.returncode == -signal.SIGTERM
+    assert deaf.returncode == -signal.SIGKILL
