@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import parse_qsl
+from typing import Any
+from urllib.parse import unquote_plus
 
 import httptools
 from aiohttp import web
@@ -54,7 +56,22 @@ class Request:
 
     def __post_init__(self) -> None:
         self.path, _, self.query_string = self.path_qs.partition("?")
-        self.query = MultiDict(parse_qsl(self.query_string, keep_blank_values=True))
+        self.query = _query(self.query_string)
+
+
+def _query(query_string: str) -> MultiDict[str]:
+    """The query's pairs as ``parse_qsl(..., keep_blank_values=True)`` reads them, in a
+    third of its time: only the parts with a ``%`` or a ``+`` are decoded."""
+    pairs = []
+    for part in query_string.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((_decoded(name), _decoded(value)))
+    return MultiDict(pairs)
+
+
+def _decoded(text: str) -> str:
+    return unquote_plus(text) if "%" in text or "+" in text else text
 
 
 Route = Callable[[Request], Awaitable[web.Response]]
@@ -144,6 +161,8 @@ class Connection(asyncio.Protocol):
             self._refuse(e.__context__.status if isinstance(e.__context__, Refused) else 400)
         except httptools.HttpParserError:
             self._refuse(400)
+        if self.queue and self.answering is None:
+            self._answer_at_once()
         if len(self.queue) >= MAX_QUEUED:
             self._pause("queue")
 
@@ -182,10 +201,20 @@ class Connection(asyncio.Protocol):
         self.queue.append(Request(self.parser.get_method().decode("latin-1"),
                                   self._url.decode("utf-8", "surrogateescape"), self._headers,
                                   self.remote, self.parser.should_keep_alive()))
-        if self.answering is None:
-            self.answering = asyncio.ensure_future(self._answer_queued())
 
     # -- answering -------------------------------------------------------------------
+
+    def _answer_at_once(self) -> None:
+        """Answer what is queued now, in the read that completed it, and in a task only
+        from the first wait on: a page server's routes answer from memory and never wait,
+        and a task for each request cost about 4 % of a drawn lookup's instructions (what
+        Python 3.12's eager tasks do)."""
+        answering = self._answer_queued()
+        try:
+            waiting = answering.send(None)
+        except StopIteration:
+            return
+        self.answering = asyncio.ensure_future(_go_on(answering, waiting))
 
     async def _answer_queued(self) -> None:
         try:
@@ -221,7 +250,7 @@ class Connection(asyncio.Protocol):
         """Answer what was asked before, then write ``final`` and close."""
         self.final = final
         self._pause("final")
-        if self.answering is None:
+        if self.answering is None and not self.queue:
             self._close_with_final()
 
     def _close_with_final(self) -> None:
@@ -241,13 +270,35 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
 
+async def _go_on(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Go on with a coroutine run at once until it waited (on ``waiting``: a future, or
+    None for a bare yield), as its own task would have: resumed once what it waits on is
+    done, which its ``await`` then reads."""
+    try:
+        while True:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting])
+            try:
+                waiting = coroutine.send(None)
+            except StopIteration:
+                return
+    finally:
+        coroutine.close()  # cancelled: its own ``finally`` runs (nothing, once it returned)
+
+
 def encode(response: web.Response, head_only: bool, keep_alive: bool) -> bytes:
     """An answer as HTTP/1.1 puts it on the wire."""
     body = response.body if isinstance(response.body, bytes) else b""
-    lines = [f"HTTP/1.1 {response.status} {REASONS.get(response.status, '')}"]
-    lines += [f"{name}: {value}" for name, value in response.headers.items()]
-    lines.append(f"Content-Length: {len(body)}")
+    head = _head(response.status, tuple(response.headers.items()), keep_alive)
+    length = b"Content-Length: %d\r\n\r\n" % len(body)
+    return head + length if head_only else b"".join((head, length, body))
+
+
+@functools.lru_cache(256)  # a few kinds of answer, each with the same headers every time
+def _head(status: int, headers: tuple[tuple[str, str], ...], keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", *(f"{n}: {v}" for n, v in headers)]
     if not keep_alive:
         lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + body
+    return "".join(line + "\r\n" for line in lines).encode("latin-1")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -135,5 +137,33 @@ async def test_an_idle_connection_is_closed(monkeypatch):
         reader, writer = await asyncio.open_connection("127.0.0.1", number)
         assert await asyncio.wait_for(reader.read(), timeout=3) == b""  # closed by the server
         writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_route_still_waiting_when_its_client_leaves_is_stopped():
+    waiting, stopped = asyncio.Event(), asyncio.Event()
+
+    async def forever(_: page_http.Request) -> web.Response:
+        waiting.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        raise AssertionError("never answered")
+
+    server = page_http.Server({"/forever": forever, "/echo": echo})
+    number = free_port()
+    await server.start("127.0.0.1", number)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(get("/forever"))
+        await asyncio.wait_for(waiting.wait(), timeout=3)
+        # Reset, not closed: a close reads as a half-close, whose client still gets its answer.
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   struct.pack("ii", 1, 0))
+        writer.close()
+        await asyncio.wait_for(stopped.wait(), timeout=3)
+        assert [a[0] for a in await exchange(number, get("/echo"), 1)] == [200]
     finally:
         await server.stop()
