@@ -21,10 +21,9 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import unquote_plus
 
 import httptools
@@ -161,8 +160,6 @@ class Connection(asyncio.Protocol):
             self._refuse(e.__context__.status if isinstance(e.__context__, Refused) else 400)
         except httptools.HttpParserError:
             self._refuse(400)
-        if self.queue and self.answering is None:
-            self._answer_at_once()
         if len(self.queue) >= MAX_QUEUED:
             self._pause("queue")
 
@@ -201,20 +198,10 @@ class Connection(asyncio.Protocol):
         self.queue.append(Request(self.parser.get_method().decode("latin-1"),
                                   self._url.decode("utf-8", "surrogateescape"), self._headers,
                                   self.remote, self.parser.should_keep_alive()))
+        if self.answering is None:
+            self.answering = asyncio.ensure_future(self._answer_queued())
 
     # -- answering -------------------------------------------------------------------
-
-    def _answer_at_once(self) -> None:
-        """Answer what is queued now, in the read that completed it, and in a task only
-        from the first wait on: a page server's routes answer from memory and never wait,
-        and a task for each request cost about 4 % of a drawn lookup's instructions (what
-        Python 3.12's eager tasks do)."""
-        answering = self._answer_queued()
-        try:
-            waiting = answering.send(None)
-        except StopIteration:
-            return
-        self.answering = asyncio.ensure_future(_go_on(answering, waiting))
 
     async def _answer_queued(self) -> None:
         try:
@@ -250,7 +237,7 @@ class Connection(asyncio.Protocol):
         """Answer what was asked before, then write ``final`` and close."""
         self.final = final
         self._pause("final")
-        if self.answering is None and not self.queue:
+        if self.answering is None:
             self._close_with_final()
 
     def _close_with_final(self) -> None:
@@ -268,24 +255,6 @@ class Connection(asyncio.Protocol):
             self.paused_for.discard(reason)
             if not self.paused_for:
                 self.transport.resume_reading()
-
-
-async def _go_on(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Go on with a coroutine run at once until it waited (on ``waiting``: a future, or
-    None for a bare yield), as its own task would have: resumed once what it waits on is
-    done, which its ``await`` then reads."""
-    try:
-        while True:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                await asyncio.wait([waiting])
-            try:
-                waiting = coroutine.send(None)
-            except StopIteration:
-                return
-    finally:
-        coroutine.close()  # cancelled: its own ``finally`` runs (nothing, once it returned)
 
 
 def encode(response: web.Response, head_only: bool, keep_alive: bool) -> bytes:
