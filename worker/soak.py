@@ -97,8 +97,7 @@ def run(settings: Settings, minutes: float, rate: float, days: float, every: flo
             worker.ready()
             samples = asyncio.run(_soak(soak, records, rate, every, worker, children[1], app_id))
         finally:
-            worker.stop()
-            runtime.stop(*children)
+            runtime.stop(worker.process, *children)  # at once: one wait for all three
     plot = PROJECT_ROOT / "docs" / "soak.png"
     _plot(samples, plot, f"notifier soak: {rate:g} events/s for {minutes:g} min, "
                          f"{days:g} event days ({machine()})")
