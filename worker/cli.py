@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                         "NOTIFIER_KAFKA_BOOTSTRAP, else 9092)")
     broker.add_argument("--data", type=Path, default=Path("var/broker"), help="data folder")
     dev = commands.add_parser("dev", help="broker, worker, senders, sinks and a simulated stream")
-    dev.add_argument("--orders", type=int, default=10_000, help="orders to simulate")
-    dev.add_argument("--rate", type=float, default=2.0, help="input events per second")
+    dev.add_argument("--orders", type=int, default=2_000, help="orders to simulate")
+    dev.add_argument("--days", type=float, default=14, help="event days the orders span, ending now")
+    dev.add_argument("--rate", type=float, default=20.0, help="input events per second")
     simulate = commands.add_parser("simulate", help="produce a synthetic order stream")
     simulate.add_argument("--orders", type=int, default=1000)
     simulate.add_argument("--seed", type=int, default=1)
@@ -267,7 +268,7 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from worker.dev import run
 
-    return run(settings, orders=args.orders, rate=args.rate)
+    return run(settings, orders=args.orders, days=args.days, rate=args.rate)
 
 
 def evaluate(settings: Settings, args: argparse.Namespace, start: datetime) -> int:

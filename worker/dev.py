@@ -1,8 +1,11 @@
 """``notifier dev``: everything on one machine, for `make run`.
 
 Starts the embedded broker (unless ``NOTIFIER_KAFKA_BOOTSTRAP`` names a cluster), the
-sinks, the worker and the senders as child processes, feeds a simulated stream of
-orders, and prints one line per notification outcome as it happens.
+sinks, the worker and the senders as child processes, feeds the simulator's whole order
+journeys of the last days (payments, shipping scans, failed attempts, deliveries, stalls,
+delays, returns) at a steady rate, and prints one line per notification outcome as it
+happens. The worker runs on the event clock, as in a replay: the stream's ticks move its
+time, so two weeks of a shop pass in some twenty minutes, nights and quiet hours included.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -28,14 +31,14 @@ MARKS = {"notification.sent": "sent", "notification.failed": "FAILED",
          "notification.suppressed": "suppressed"}
 
 
-def run(settings: Settings, *, orders: int, rate: float) -> int:
+def run(settings: Settings, *, orders: int, days: float, rate: float) -> int:
     # Our own clients' transient "not leader yet" complaints would drown the live lines;
     # the child processes keep their full logs under var/dev/logs.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     shutil.rmtree(DEV_DIR, ignore_errors=True)
     (DEV_DIR / "logs").mkdir(parents=True)
     broker = None
-    env = dict(os.environ, NOTIFIER_OUTBOX=str(DEV_DIR / "outbox.jsonl"))
+    env = dict(os.environ, NOTIFIER_OUTBOX=str(DEV_DIR / "outbox.jsonl"), NOTIFIER_CLOCK="event")
     if "NOTIFIER_KAFKA_BOOTSTRAP" not in os.environ:
         port = 9092 if not port_open(9092) else None
         broker = EmbeddedBroker(settings.kafka_libs, DEV_DIR / "broker", port=port)
@@ -60,7 +63,7 @@ def run(settings: Settings, *, orders: int, rate: float) -> int:
         say(f"metrics:      http://127.0.0.1:{settings.web_port}/metrics (worker), "
             f"http://127.0.0.1:{settings.senders_web_port}/metrics (senders)")
         say(f"process logs: {DEV_DIR / 'logs'}/   Ctrl-C stops everything.")
-        asyncio.run(_feed_and_watch(settings, orders=orders, rate=rate, children=children))
+        asyncio.run(_feed_and_watch(settings, orders=orders, days=days, rate=rate, children=children))
     except KeyboardInterrupt:
         say("stopping...")
     finally:
@@ -76,17 +79,18 @@ def run(settings: Settings, *, orders: int, rate: float) -> int:
     return 0
 
 
-async def _feed_and_watch(settings: Settings, *, orders: int, rate: float,
+async def _feed_and_watch(settings: Settings, *, orders: int, days: float, rate: float,
                           children: list[subprocess.Popen[bytes]]) -> None:
-    # Live: each event is produced at its own time, as a shop would send it (an order is
-    # paid a few seconds to minutes after it is placed), so nothing is in the future.
-    records = sorted(simulate.orders(settings, count=orders, seed=int(time.time()) % 1000,
-                                     start=datetime.now(UTC), spacing=_spacing(rate)),
-                     key=lambda r: r.time)
-    say(f"feeding {orders} simulated orders as they happen (about {rate:g} events/s); "
-        "notifications appear below")
+    # The stream ends about now, so the tracking page's times and the links' expiry read
+    # as they would in a shop; its order ids change with the seed.
+    records = list(simulate.stories(settings, count=orders, seed=int(time.time()) % 1000,
+                                    start=datetime.now(UTC) - timedelta(days=days), days=days,
+                                    tick_minutes=60))
+    say(f"replaying {orders:,} simulated orders over the last {days:g} days, whole journeys "
+        f"(payments, shipping scans, deliveries, delays, returns): {len(records):,} events at "
+        f"{rate:g}/s, about {len(records) / rate / 60:.0f} min; notifications appear below")
     tasks = [
-        asyncio.create_task(simulate.produce(settings, iter(records), live=True, progress=False)),
+        asyncio.create_task(_feed(settings, records, rate)),
         asyncio.create_task(_print_outcomes(settings)),
         asyncio.create_task(_watch(children)),
     ]
@@ -96,6 +100,12 @@ async def _feed_and_watch(settings: Settings, *, orders: int, rate: float,
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _feed(settings: Settings, records: list[simulate.Record], rate: float) -> None:
+    await simulate.produce(settings, iter(records), rate=rate, progress=False)
+    # Time moves with the stream: nothing further falls due once it ends.
+    say(f"all {len(records):,} events fed; the stream's time stops here. Ctrl-C stops everything.")
 
 
 async def _print_outcomes(settings: Settings) -> None:
@@ -108,7 +118,7 @@ async def _print_outcomes(settings: Settings) -> None:
             headers = {k: v.decode() for k, v in record.headers}
             n = orjson.loads(record.value)
             mark = MARKS.get(headers.get("ce_type", ""), "?")
-            detail = n.get("reason") or f"{n.get('latency_ms', 0)} ms after the order event"
+            detail = n.get("reason") or f"{n.get('latency_ms', 0)} ms from its input"
             say(f"{mark:<10} {n['kind']:<16} {n['channel']:<7} order {n['order_id']}  "
                 f"customer {n['customer_id']}  ({detail})")
     finally:
@@ -121,11 +131,6 @@ async def _watch(children: list[subprocess.Popen[bytes]]) -> None:
     dead = next(c for c in children if c.poll() is not None)
     say(f"`notifier {dead.args[-1]}` exited with code {dead.returncode}; "
         f"see {DEV_DIR / 'logs'}; stopping")
-
-
-def _spacing(rate: float) -> "simulate.timedelta":
-    # Two events per order; keep simulated order times close to real time.
-    return simulate.timedelta(seconds=2 / rate if rate else 0)
 
 
 def say(line: str) -> None:
