@@ -118,7 +118,12 @@ async def _print_outcomes(settings: Settings) -> None:
             headers = {k: v.decode() for k, v in record.headers}
             n = orjson.loads(record.value)
             mark = MARKS.get(headers.get("ce_type", ""), "?")
-            detail = n.get("reason") or f"{n.get('latency_ms', 0)} ms from its input"
+            # The stream's moment (the worker and senders run on its clock), and how long the
+            # pipeline took in this machine's time: a notice held through the customer's
+            # night waits for the stream's morning.
+            moment = n.get("occurred_at", "")[:16].replace("T", " ")
+            detail = n.get("reason") or (
+                f"{moment} in the stream, {n.get('latency_ms', 0)} ms after its input")
             say(f"{mark:<10} {n['kind']:<16} {n['channel']:<7} order {n['order_id']}  "
                 f"customer {n['customer_id']}  ({detail})")
     finally:
