@@ -134,8 +134,11 @@ async def _watch(children: list[subprocess.Popen[bytes]]) -> None:
     while all(child.poll() is None for child in children):
         await asyncio.sleep(1)
     dead = next(c for c in children if c.poll() is not None)
-    say(f"`notifier {dead.args[-1]}` exited with code {dead.returncode}; "
-        f"see {DEV_DIR / 'logs'}; stopping")
+    if dead.returncode == 0:  # a clean stop: Ctrl-C reaches the children too, and may first
+        say("stopping...")
+    else:
+        say(f"`notifier {dead.args[-1]}` exited with code {dead.returncode}; "
+            f"see {DEV_DIR / 'logs'}; stopping")
 
 
 def say(line: str) -> None:
