@@ -134,7 +134,8 @@ async def _watch(children: list[subprocess.Popen[bytes]]) -> None:
     while all(child.poll() is None for child in children):
         await asyncio.sleep(1)
     dead = next(c for c in children if c.poll() is not None)
-    if dead.returncode == 0:  # a clean stop: Ctrl-C reaches the children too, and may first
+    # A clean exit is a stop: Ctrl-C reaches the children too, and one may be done first.
+    if dead.returncode == 0:
         say("stopping...")
     else:
         say(f"`notifier {dead.args[-1]}` exited with code {dead.returncode}; "
