@@ -5,7 +5,7 @@ sinks, the worker and the senders as child processes, feeds the simulator's whol
 journeys of the last days (payments, shipping scans, failed attempts, deliveries, stalls,
 delays, returns) at a steady rate, and prints one line per notification outcome as it
 happens. The worker runs on the event clock, as in a replay: the stream's ticks move its
-time, so two weeks of a shop pass in some twenty minutes, nights and quiet hours included.
+time, so two weeks of a shop pass in about 24 minutes, nights and quiet hours included.
 """
 
 from __future__ import annotations
