@@ -67,13 +67,7 @@ def run(settings: Settings, *, orders: int, days: float, rate: float) -> int:
     except KeyboardInterrupt:
         say("stopping...")
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        runtime.stop(*children)
         if broker:
             broker.stop()
     return 0

@@ -26,11 +26,13 @@ def test_make_run_tells_payments_and_shipping_at_once_and_stops_on_ctrl_c(stack)
     def first(*words: str) -> float | None:
         return next((at for at, line in list(lines) if all(w in line.split() for w in words)), None)
 
+    def said() -> str:
+        return "".join(line for _, line in lines)
+
     try:
-        assert wait_for(lambda: first("sent", "shipped") or dev.poll() is not None, timeout=120), \
-            "".join(line for _, line in lines)
+        assert wait_for(lambda: first("sent", "shipped") or dev.poll() is not None, timeout=120), said()
         fed, confirmed = first("replaying"), first("sent", "order_confirmed")
-        assert fed and confirmed and first("sent", "shipped"), "".join(line for _, line in lines)
+        assert fed and confirmed and first("sent", "shipped"), said()
         assert confirmed - fed < 30  # issue 1: a confirmation within 30 s
         assert not any("@" in line for _, line in lines)  # ids and kinds, never an address
     finally:
@@ -38,8 +40,7 @@ def test_make_run_tells_payments_and_shipping_at_once_and_stops_on_ctrl_c(stack)
         code = dev.wait(90)
         reader.join(10)
     assert code == 0
-    said = "".join(line for _, line in lines)
-    assert "stopping..." in said and "exited with code" not in said  # a stop, not a crash
+    assert "stopping..." in said() and "exited with code" not in said()  # a stop, not a crash
     assert wait_for(lambda: not _alive(dev.pid), timeout=30)  # no child left behind
 
 
