@@ -1,7 +1,9 @@
-"""The faust-streaming fixes the worker's at-least-once guarantee depends on."""
+"""The faust-streaming fixes the worker's at-least-once guarantee depends on, and the fetcher's wait."""
 
+import asyncio
 from types import SimpleNamespace
 
+from aiokafka.consumer.fetcher import Fetcher
 from faust.types import TP
 
 from worker import faust_fixes, metrics
@@ -320,3 +322,19 @@ def test_streams_acknowledge_through_the_consumer_so_the_fixes_see_every_acknowl
     iterator = app.stream(app.channel()).__aiter__()
     assert iterator.__qualname__ == "Stream._py_aiter"
     iterator.aclose().close()  # never started: nothing to wait for
+
+
+async def test_a_fetcher_holds_back_its_brokers_fetches_5_ms_at_most_while_fetched_records_wait():
+    # aiokafka's 0.1 s held a new input behind another partition's unread records, at each
+    # stage: one notification in forty took 175 ms at 20 events a second (fix 11).
+    faust_fixes.apply()
+    loop = asyncio.get_running_loop()
+    client = SimpleNamespace(_loop=loop, _metadata_max_age_ms=300_000)
+    subscriptions = SimpleNamespace(register_fetch_waiters=lambda waiters: None, subscription=None,
+                                    wait_for_assignment=loop.create_future)
+    fetcher = Fetcher(client, subscriptions)
+    try:
+        assert fetcher._prefetch_backoff == 0.005
+    finally:
+        fetcher._fetch_task.cancel()
+        await asyncio.gather(fetcher._fetch_task, return_exceptions=True)
