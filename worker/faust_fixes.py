@@ -108,10 +108,12 @@ And two that are not about losing events:
     were mostly those of its input partitions that Faust had not taken yet: a new input
     arriving then waited for the rest of the 0.1 s, at each of the two stages. At 20
     events a second one notification in forty took some 175 ms from its input to its
-    dispatch command, against 15 ms for the others (p99 168 and 174 ms in two runs of
-    ``notifier bench latency``; 26 and 18 ms with the wait cut to 5 ms; 2026-12-07). Here
-    every fetcher of the process waits 5 ms at most: behind a backlog and at 200 events a
-    second the figures did not move beyond this machine's noise.
+    dispatch command, against 15 ms for the others (``notifier bench latency``, 2026-12-07:
+    p99 168 to 186 ms in four runs; 21 and 29 ms with the wait cut to 20 ms, 19 and 39 ms
+    at 5 ms), and a fresh worker's first 10 s at 200 a second had p99 225 and 248 ms
+    (64 and 92 ms at 20 ms). Here every fetcher of the process waits 20 ms at most: at a
+    steady 200 a second, and behind a backlog, the figures did not move beyond this
+    machine's noise, and 20 ms did as well as 5 with a quarter of the fetches at most.
 """
 
 from __future__ import annotations
@@ -360,7 +362,7 @@ def _tcp_site(self: Any) -> TCPSite:
 
 
 # Fix 11: how long a fetcher holds back a broker's fetches while records it fetched wait.
-PREFETCH_BACKOFF_SECONDS = 0.005
+PREFETCH_BACKOFF_SECONDS = 0.02
 
 
 def _fetcher_init(self: Fetcher, *args: Any, **kwargs: Any) -> None:
