@@ -113,7 +113,7 @@ And two that are not about losing events:
     at 5 ms), and a fresh worker's first 10 s at 200 a second had p99 225 and 248 ms
     (64 and 92 ms at 20 ms). Here every fetcher of the process waits 20 ms at most: at a
     steady 200 a second, and behind a backlog, the figures did not move beyond this
-    machine's noise, and 20 ms did as well as 5 with a quarter of the fetches at most.
+    machine's noise; 20 ms did as well as 5, and a longer hold makes fewer, larger fetches.
 """
 
 from __future__ import annotations
