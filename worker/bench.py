@@ -70,9 +70,19 @@ def local_providers(workdir: Path) -> dict[str, str]:
     }
 
 
+def without_quiet_hours(workdir: Path) -> dict[str, str]:
+    """Settings for rules without quiet hours: under the event clock a night passes in
+    seconds, and under the wall clock the hour of the run would decide what is held; either
+    way a held notification's wait is not the pipeline's."""
+    rules = workdir / "rules.toml"
+    rules.write_text((PROJECT_ROOT / "worker" / "rules.toml").read_text().replace(
+        'quiet_hours = { start = "22:00", end = "08:00" }', 'quiet_hours = { start = "00:00", end = "00:00" }'))
+    return {"NOTIFIER_RULES": str(rules)}
+
+
 async def unread(settings: Settings, group: str, inputs: list[str]) -> int:
     """Records on ``inputs`` that ``group`` has not committed yet; -1 while it has committed
-    nothing on one of them, or the broker does not answer."""
+    nothing on them, or the broker does not answer."""
     async with _offsets(settings) as (admin, consumer):
         return await _unread(admin, consumer, group, inputs)
 
@@ -104,15 +114,18 @@ async def _offsets(settings: Settings,
 
 async def _unread(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str,
                   inputs: list[str]) -> int:
+    """A partition the group has not committed yet counts whole: a consumer commits only
+    what it has read from (the senders, a channel no command went to)."""
     try:
-        committed = await admin.list_consumer_group_offsets(group)
-        mine = {tp: meta.offset for tp, meta in committed.items() if tp.topic in inputs}
-        if {tp.topic for tp in mine} != set(inputs):
+        committed = {tp: meta.offset for tp, meta in
+                     (await admin.list_consumer_group_offsets(group)).items() if tp.topic in inputs}
+        if not committed:
             return -1
-        ends = await consumer.end_offsets(list(mine))
+        partitions = [tp for name in inputs for tp in await partitions_of(consumer, name)]
+        ends = await consumer.end_offsets(partitions)
     except KafkaError:
         return -1
-    return sum(max(0, ends[tp] - max(0, offset)) for tp, offset in mine.items())
+    return sum(max(0, ends[tp] - max(0, committed.get(tp, 0))) for tp in partitions)
 
 
 async def each_record(settings: Settings, names: list[str]) -> AsyncIterator[ConsumerRecord]:

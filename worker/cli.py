@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("scenario", choices=["senders", "page", "worker", "latency", "naive", "domain"],
                        help="senders: notifications a second; page: tracking-page lookups; "
                             "worker: the stream worker against a raw pipe, and memory an order; "
-                            "latency: input to dispatch command at steady rates, wall clock; "
+                            "latency: input to dispatch command at steady rates, wall clock, and on to the provider; "
                             "naive: a bare Faust agent on the same stream, for scale; "
                             "domain: the decision code alone on that stream, without Kafka")
     bench.add_argument("--backlog", type=int, default=20_000, help="senders: notifications queued at once")
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                        default=[100_000, 1_000_000], help="worker: active orders to measure memory at")
     bench.add_argument("--rates", type=_counts, default=[20, 200, 2_000],
                        help="latency: input events a second, one run each")
+    bench.add_argument("--product-rate", type=int, default=200,
+                       help="latency: input events a second for the run with the senders and sinks (0: none)")
     soak = commands.add_parser("soak", help="the whole product at a steady rate for a while: memory, "
                                "lag and latency over time (docs/soak.png, docs/performance.md)")
     soak.add_argument("--minutes", type=float, default=10, help="how long the stream goes in")
@@ -221,7 +223,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.scenario == "latency":
         from worker import bench_latency
 
-        return bench_latency.run(settings, args.rates, args.seconds)
+        return bench_latency.run(settings, args.rates, args.seconds, args.product_rate)
     if args.scenario == "naive":
         from worker import bench_naive
 

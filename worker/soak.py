@@ -31,7 +31,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from worker import runtime, simulate, topics
-from worker.bench import broker_for, local_providers, machine, unread
+from worker.bench import broker_for, local_providers, machine, unread, without_quiet_hours
 from worker.bench_worker import START, WorkerProcess
 from worker.figures import write_block
 from worker.settings import PROJECT_ROOT, Settings, load
@@ -73,12 +73,8 @@ class Latencies:
 def run(settings: Settings, minutes: float, rate: float, days: float, every: float) -> int:
     with broker_for(settings, "notifier-soak-") as (workdir, env):
         app_id = f"soak-{int(time.time())}"
-        # No quiet hours: a night's wait would be a few seconds here, and count as latency.
-        rules = workdir / "rules.toml"
-        rules.write_text((PROJECT_ROOT / "worker" / "rules.toml").read_text().replace(
-            'quiet_hours = { start = "22:00", end = "08:00" }', 'quiet_hours = { start = "00:00", end = "00:00" }'))
-        env.update(local_providers(workdir), NOTIFIER_CLOCK="event", NOTIFIER_APP_ID=app_id,
-                   NOTIFIER_RULES=str(rules))
+        env.update(local_providers(workdir), without_quiet_hours(workdir), NOTIFIER_CLOCK="event",
+                   NOTIFIER_APP_ID=app_id)
         soak = load(env)
         asyncio.run(topics.ensure(soak))
         total = int(rate * minutes * 60)
