@@ -65,8 +65,9 @@ def run(settings: Settings, *, orders: int, days: float, rate: float) -> int:
         say(f"process logs: {DEV_DIR / 'logs'}/   Ctrl-C stops everything.")
         asyncio.run(_feed_and_watch(settings, orders=orders, days=days, rate=rate, children=children))
     except KeyboardInterrupt:
-        say("stopping...")
+        pass  # Ctrl-C: a stop, said once below
     finally:
+        say("stopping...")
         runtime.stop(*children)
         if broker:
             broker.stop()
@@ -129,11 +130,8 @@ async def _watch(children: list[subprocess.Popen[bytes]]) -> None:
         await asyncio.sleep(1)
     dead = next(c for c in children if c.poll() is not None)
     # A clean exit is a stop: Ctrl-C reaches the children too, and one may be done first.
-    if dead.returncode == 0:
-        say("stopping...")
-    else:
-        say(f"`notifier {dead.args[-1]}` exited with code {dead.returncode}; "
-            f"see {DEV_DIR / 'logs'}; stopping")
+    if dead.returncode != 0:
+        say(f"`notifier {dead.args[-1]}` exited with code {dead.returncode}; see {DEV_DIR / 'logs'}")
 
 
 def say(line: str) -> None:

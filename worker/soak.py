@@ -73,8 +73,8 @@ class Latencies:
 def run(settings: Settings, minutes: float, rate: float, days: float, every: float) -> int:
     with broker_for(settings, "notifier-soak-") as (workdir, env):
         app_id = f"soak-{int(time.time())}"
-        env.update(local_providers(workdir), without_quiet_hours(workdir), NOTIFIER_CLOCK="event",
-                   NOTIFIER_APP_ID=app_id)
+        env.update({**local_providers(workdir), **without_quiet_hours(workdir)},
+                   NOTIFIER_CLOCK="event", NOTIFIER_APP_ID=app_id)
         soak = load(env)
         asyncio.run(topics.ensure(soak))
         total = int(rate * minutes * 60)
