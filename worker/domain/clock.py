@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 
-@functools.lru_cache(maxsize=1 << 16)  # an order's few times come back on every decision
+@functools.lru_cache(maxsize=1 << 14)  # an order's few times come back on every decision
 def stamp(value: str | datetime) -> str:
     """One comparable text form for every stored time: UTC, whole seconds."""
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)

@@ -26,7 +26,7 @@ class Due:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=1 << 16)  # an order's few times, shifted alike on every decision
+@functools.lru_cache(maxsize=1 << 14)  # an order's few times, shifted alike on every decision
 def plus(at: str, **delta: float) -> str:
     return stamp(datetime.fromisoformat(at) + timedelta(**delta))
 

@@ -233,7 +233,7 @@ def long_silence(leg: str, lanes: Sequence[Figures], rules: Prediction, silent: 
     return None
 
 
-@functools.lru_cache(maxsize=1 << 16)  # the watch asks the same of a parcel on every decision
+@functools.lru_cache(maxsize=1 << 14)  # the watch asks the same of a parcel on every decision
 def add_working(start: str, seconds: float, non_working: tuple[int, ...]) -> str:
     """``seconds`` of the carrier's working time after ``start``: its non-working weekdays
     (Monday = 0; whole days of ``start``'s offset, UTC for stamps) do not count, and the
