@@ -74,9 +74,12 @@ def without_quiet_hours(workdir: Path) -> dict[str, str]:
     """Settings for rules without quiet hours: under the event clock a night passes in
     seconds, and under the wall clock the hour of the run would decide what is held; either
     way a held notification's wait is not the pipeline's."""
+    shipped = (PROJECT_ROOT / "worker" / "rules.toml").read_text()
+    quiet = 'quiet_hours = { start = "22:00", end = "08:00" }'
+    if quiet not in shipped:  # a replace that finds nothing would leave them on, unseen
+        raise ValueError(f"worker/rules.toml no longer says {quiet}")
     rules = workdir / "rules.toml"
-    rules.write_text((PROJECT_ROOT / "worker" / "rules.toml").read_text().replace(
-        'quiet_hours = { start = "22:00", end = "08:00" }', 'quiet_hours = { start = "00:00", end = "00:00" }'))
+    rules.write_text(shipped.replace(quiet, 'quiet_hours = { start = "00:00", end = "00:00" }'))
     return {"NOTIFIER_RULES": str(rules)}
 
 
