@@ -2,9 +2,11 @@
 
 Starts the embedded broker (or uses ``NOTIFIER_KAFKA_BOOTSTRAP``), writes ``--orders``
 simulated orders with their tracking, then measures two setups in turn, each a worker and
-two page servers (``notifier pages``) following its tables: one renders every page, the
-other keeps the pages of unchanged orders. Once the worker has committed the orders and the
-page servers have read them, ``--concurrency`` lookups (order number and email, over
+two page servers (``notifier pages``) following its tables: one answers every lookup with a
+page made for it (the worker draws each whole, the page servers fill in the outlines they
+drew as the orders changed), the other keeps the pages of unchanged orders. Once the worker
+has committed the orders and the page servers have read them and drawn their outlines,
+``--concurrency`` lookups (order number and email, over
 keep-alive connections) are kept in flight against the worker and then against the page
 servers, for ``--seconds`` from a cold page cache and ``--seconds`` more with the
 connections open (where pages are kept, the pages drawn: customers refreshing), cycling over
@@ -57,7 +59,7 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
             figures, warm = {}, {}
             # One setup after the other, each a worker in a consumer group of its own (so it
             # reads every order) and two page servers (notifier pages) following its tables:
-            # one renders every page, the other keeps the rendered pages of unchanged orders.
+            # one makes a page for every lookup, the other keeps the pages of unchanged orders.
             for cache in ("0", str(settings.page_cache_size)):
                 group = f"bench-page-{cache}-{int(time.time())}"
                 ports = {"worker": free_port(), "pages": free_port()}
@@ -85,8 +87,9 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
     lines = []
     for (who, cache), got in figures.items():
         served = "one worker" if who == "worker" else f"{PAGE_SERVERS} page servers (notifier pages)"
-        what = "every page rendered (NOTIFIER_PAGE_CACHE_SIZE=0)" if cache == "0" else \
-            "pages of unchanged orders from memory (the default)"
+        what = "pages of unchanged orders from memory (the default)" if cache != "0" else \
+            "every page drawn whole (NOTIFIER_PAGE_CACHE_SIZE=0)" if who == "worker" else \
+            "every page filled in from its outline (NOTIFIER_PAGE_CACHE_SIZE=0)"
         line = (f"{served}, {what}, {concurrency} lookups in flight: p50 {got['p50']:.1f} ms, "
                 f"p99 {got['p99']:.1f} ms, {got['rate']:,.0f} lookups/s")
         if then := warm.get((who, cache)):
@@ -110,18 +113,20 @@ PAGE_SERVERS = 2  # one a core
 
 
 def _wait_for_page_servers(port: int, processes: int, timeout: float = 120) -> None:
-    """Until every page server process has caught up and listens: each answers /healthz
-    with its pid, and the kernel spreads new connections over those listening."""
+    """Until every page server process has caught up, listens and has drawn the outlines of
+    the orders' pages, as it keeps them while orders change: each answers /readyz with its
+    pid, and the kernel spreads new connections over those listening."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen = set()
+        seen = {}
         for _ in range(10 * processes):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
-                    seen.add(orjson.loads(answer.read())["pid"])
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                    ready = orjson.loads(answer.read())
+                    seen[ready["pid"]] = ready["outlines_to_draw"]
             except OSError:
                 break
-        if len(seen) == processes:
+        if len(seen) == processes and not any(seen.values()):
             return
         time.sleep(0.5)
     raise TimeoutError(f"the page servers on port {port} did not all come up")

@@ -25,7 +25,8 @@ import orjson
 # Typical states, from a simulated run. Frozen: every saved state was deflated against it,
 # and a stream names its dictionary (zlib's DICTID); a new sample needs a new file beside
 # this one and an unpack that picks by that id.
-DICTIONARY = Path(__file__).with_name("state_sample.jsonl").read_bytes()[-32768:]
+SAMPLE = Path(__file__).with_name("state_sample.jsonl").read_bytes()
+DICTIONARY = SAMPLE[-32768:]
 LEVEL = 1  # the fastest: the higher levels gain a few per cent for twice the time
 DUE_FIRST = b"\x01"  # then the due time: epoch second, 8 bytes big-endian, 0 for never
 _HEAD = len(DUE_FIRST) + 8

@@ -44,13 +44,13 @@ SPLIT = (created(promised_delivery_by=at(72).isoformat()), paid(), shipped(5, "P
     ("zw@example.cn".replace("zw", ""), "", False),
 ])
 def test_an_order_opens_with_its_email_or_its_phone_digits_only(email, phone4, ok):
-    assert tracking.verified(state(*SPLIT), email, phone4) is ok
+    assert tracking.matches(tracking.credentials(state(*SPLIT)), email, phone4) is ok
 
 
 def test_an_unknown_order_is_never_verified():
-    assert not tracking.verified(None, "zw@example.cn", "0000")
+    assert not tracking.matches(tracking.credentials(None), "zw@example.cn", "0000")
     no_contact = state(created(customer={"id": "CU-9", "locale": "en", "timezone": "UTC"}))
-    assert not tracking.verified(no_contact, "", "")
+    assert not tracking.matches(tracking.credentials(no_contact), "", "")
 
 
 def test_the_view_shows_each_parcel_progress_and_timeline_newest_first():

@@ -2,13 +2,14 @@
 
 The page is opened either by a signed link from a notification (:mod:`worker.domain.links`)
 or by the order number with the email address or the last four digits of the phone
-number on the order. :func:`verified` compares in constant time and answers no for an
+number on the order. :func:`matches` compares in constant time and answers no for an
 unknown order and a wrong pair alike, so neither can be told from the other.
 """
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,22 +32,48 @@ STEPS = (
 WINDOW = (0.25, 0.75)  # the predicted delivery window: the lane's middle half
 
 
-def verified(state: OrderState | None, email: str = "", phone4: str = "") -> bool:
-    """Does the pair match the order? Compared in constant time, and the same work is done
-    for an unknown order, so the answer's timing tells nothing either."""
+Credentials = tuple[str, str]  # what opens an order: its email, casefolded; its phone's last four digits
+
+
+def credentials(state: OrderState | None) -> Credentials:
+    """What opens the order; nothing opens an unknown one."""
     customer = ((state.order or {}).get("customer") or {}) if state else {}
-    known_email = str(customer.get("email") or "").strip().casefold()
-    known_phone4 = "".join(ch for ch in str(customer.get("phone") or "") if ch.isdigit())[-4:]
+    return (str(customer.get("email") or "").strip().casefold(),
+            "".join(ch for ch in str(customer.get("phone") or "") if ch.isdigit())[-4:])
+
+
+def matches(known: Credentials, email: str = "", phone4: str = "") -> bool:
+    """Does the pair match what opens an order? Compared in constant time, and the same work
+    is done for an unknown order (no credentials), so the answer's timing tells nothing
+    either."""
+    known_email, known_phone4 = known
     email_ok = hmac.compare_digest(email.strip().casefold().encode(), known_email.encode())
     phone_ok = hmac.compare_digest(phone4.strip().encode(), known_phone4.encode())
-    given = (bool(email.strip()) and bool(known_email) and email_ok) or (
+    return (bool(email.strip()) and bool(known_email) and email_ok) or (
         len(phone4.strip()) == 4 and len(known_phone4) == 4 and phone_ok)
-    return state is not None and state.order is not None and given
+
+
+def order_locale(state: OrderState | None) -> str:
+    """The language the order's customer reads (a BCP 47 tag), or "" when not known."""
+    return str(((state.order or {}).get("customer") or {}).get("locale", "")) if state else ""
+
+
+def customer_id(state: OrderState) -> str:
+    return str(((state.order or {}).get("customer") or {}).get("id", ""))
 
 
 def view(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_lanes) -> dict[str, Any]:
     """The page's facts: the shop, the order, and each parcel's progress, timeline and
     expected delivery. Times are UTC stamps; the page shows them in the customer's zone."""
+    facts = outline(state)
+    for parcel in facts["shipments"]:
+        parcel.update(expected(parcel["arrival"], now, rules, lanes))
+    return facts
+
+
+def outline(state: OrderState) -> dict[str, Any]:
+    """:func:`view` less what moves with the clock and the lanes: each parcel's expected
+    delivery is left as its :class:`Arrival`, for :func:`expected`."""
     order = state.order or {}
     customer = order.get("customer") or {}
     parcels = sorted(state.parcels(), key=lambda p: (p.label_at or "", p.shipment_id))
@@ -60,13 +87,11 @@ def view(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_
         "cancelled_at": state.cancelled_at,
         "items": [{"name": i.get("name", ""), "quantity": i.get("quantity", 1)}
                   for i in order.get("items", [])],
-        "shipments": [_parcel_view(state, p, n, now, rules, lanes)
-                      for n, p in enumerate(parcels, start=1)],
+        "shipments": [_parcel_view(state, p, n) for n, p in enumerate(parcels, start=1)],
     }
 
 
-def _parcel_view(state: OrderState, p: Shipment, number: int, now: datetime, rules: Rules,
-                 lanes: LaneLookup) -> dict[str, Any]:
+def _parcel_view(state: OrderState, p: Shipment, number: int) -> dict[str, Any]:
     milestone, delivered_at = p.milestone, p.delivered_at  # each read once: both are derived
     step = _STEP_REACHED[RANK.get(milestone, 0) if p.label_at or p.checkpoints else -1]
     timeline = [{"at": c[0], "milestone": c[1], "detail": c[2], "place": c[3] if len(c) > 3 else ""}
@@ -85,7 +110,7 @@ def _parcel_view(state: OrderState, p: Shipment, number: int, now: datetime, rul
         "timeline": timeline,
         "delivered_at": delivered_at,
         "exception": p.open_exception,
-        **_expected(state, p, delivered_at, now, rules, lanes),
+        "arrival": arrival(state, p, delivered_at),
     }
 
 
@@ -98,23 +123,48 @@ def _step(reached: int) -> int:
 _STEP_REACHED = {reached: _step(reached) for reached in range(-1, max(RANK.values()) + 1)}
 
 
-def _expected(state: OrderState, p: Shipment, delivered_at: str | None, now: datetime,
-              rules: Rules, lanes: LaneLookup) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What a parcel's expected delivery is worked out from, as the order's state has it.
+    The window itself moves with the clock and with what the lanes learn: :func:`expected`."""
+
+    settled: bool  # delivered or cancelled: nothing more to expect
+    promise: str | None  # the shop's promise, else the carrier's first estimate
+    carrier: str
+    lanes: tuple[str, ...]
+    start: tuple[str, str] | None  # the milestone the prediction starts from, and when
+    carrier_eta: str | None
+    told: int  # days late a delay notice said, 0 for none
+
+
+def arrival(state: OrderState, p: Shipment, delivered_at: str | None) -> Arrival:
+    return Arrival(
+        settled=bool(delivered_at or state.cancelled_at),
+        promise=(state.order or {}).get("promised_delivery_by") or p.first_eta,
+        carrier=p.carrier,
+        lanes=tuple(lane_keys(p.carrier, p.origin, p.destination)),
+        start=starting_point(p),
+        carrier_eta=p.carrier_eta,
+        told=state.delays.get(p.shipment_id, 0),
+    )
+
+
+def expected(a: Arrival, now: datetime, rules: Rules, lanes: LaneLookup) -> dict[str, Any]:
     """The predicted delivery window, and how late that is against the promise."""
-    if delivered_at or state.cancelled_at:
+    if a.settled:
         return {"window": None, "days_late": 0}
-    promise = (state.order or {}).get("promised_delivery_by") or p.first_eta
-    figures = lanes(lane_keys(p.carrier, p.origin, p.destination))
-    days_off = rules.prediction.non_working_days.get(p.carrier, ())
     window = None
-    if start := starting_point(p):
-        ends = [predict(*start, figures, rules.prediction, p.carrier_eta, q, days_off) for q in WINDOW]
+    if a.start:
+        figures = lanes(a.lanes)
+        days_off = rules.prediction.non_working_days.get(a.carrier, ())
+        ends = [predict(*a.start, figures, rules.prediction, a.carrier_eta, q, days_off) for q in WINDOW]
         if None not in ends:
             early, late = sorted(e for e in ends if e)
             window = [max(early, stamp(now)), max(late, stamp(now))]
+    promise = a.promise
     if window is None and promise:  # nothing learned yet about the lane: the shop's promise
         window = [stamp(promise), stamp(promise)]
-    told = state.delays.get(p.shipment_id, 0)
+    told = a.told
     if window and promise and not told:
         lateness = seconds_between(stamp(promise), window[0])
         told = int(lateness // 86400) + 1 if lateness > rules.prediction.delay_tolerance_hours * 3600 else 0
@@ -123,4 +173,3 @@ def _expected(state: OrderState, p: Shipment, delivered_at: str | None, now: dat
         floor = plus(stamp(promise), seconds=told * 86400)
         window = [max(window[0], floor), max(window[1], floor)]
     return {"window": window, "days_late": told, "promised": stamp(promise) if promise else None}
-

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import gettext
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, time
 from decimal import Decimal
@@ -116,12 +116,29 @@ def prepare() -> None:
 
 def page(template: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
     """A web page (the tracking page) in the catalog ``locale``, times in ``timezone``."""
+    page, _, rendering = _page_context(template, locale, timezone, context)
+    return "".join(page.root_render_func(rendering))
+
+
+def page_blocks(template: str, locale: str, timezone: str,
+                blocks: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Blocks of a web page, each as the whole page has it, given its own variables."""
+    page, variables, rendering = _page_context(template, locale, timezone, {})
+    texts = []
+    for block, own in blocks:
+        variables.update(own)  # the context's own: it was made with them shared
+        texts.append("".join(page.blocks[block](rendering)))
+    return texts
+
+
+def _page_context(template: str, locale: str, timezone: str, context: dict[str, Any]
+                  ) -> tuple[jinja2.Template, dict[str, Any], jinja2.runtime.Context]:
     env = _environment(locale, True)
     page = env.get_template(template)
     # The context as Jinja would build it, without copying its globals through a ChainMap:
     # a tenth of a page's render.
-    context = {**env.globals, **context, ZONE: _zone(timezone)}
-    return "".join(page.root_render_func(page.new_context(context, shared=True)))
+    variables = {**env.globals, **context, ZONE: _zone(timezone)}
+    return page, variables, page.new_context(variables, shared=True)
 
 
 def style_hashes(*templates: str) -> str:
