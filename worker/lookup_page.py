@@ -219,8 +219,9 @@ class LookupPage:
             blocks.append(("arrival", {"p": {
                 "delivered_at": delivered_at, "exception": exception,
                 **tracking.expected(arrival, now, self.orders.rules, self.orders.lanes_of)}}))
-        blocks.append(("messages", {"inbox": inbox}))
-        fills = page_blocks(TRACK, outline.locale, outline.timezone, blocks)
+        if inbox:
+            blocks.append(("messages", {"inbox": inbox}))
+        fills = page_blocks(TRACK, outline.locale, outline.timezone, blocks) + ([] if inbox else [""])
         parts = _inflate(outline.page).split(HOLE)
         return b"".join(part + fill.encode() for part, fill in zip(parts, [*fills, ""], strict=True))
 

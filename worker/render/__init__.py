@@ -133,12 +133,16 @@ def page_blocks(template: str, locale: str, timezone: str,
 
 def _page_context(template: str, locale: str, timezone: str, context: dict[str, Any]
                   ) -> tuple[jinja2.Template, dict[str, Any], jinja2.runtime.Context]:
-    env = _environment(locale, True)
-    page = env.get_template(template)
+    page = _page_template(template, locale)
     # The context as Jinja would build it, without copying its globals through a ChainMap:
     # a tenth of a page's render.
-    variables = {**env.globals, **context, ZONE: _zone(timezone)}
+    variables = {**page.environment.globals, **context, ZONE: _zone(timezone)}
     return page, variables, page.new_context(variables, shared=True)
+
+
+@functools.cache
+def _page_template(template: str, locale: str) -> jinja2.Template:
+    return _environment(locale, True).get_template(template)
 
 
 def style_hashes(*templates: str) -> str:
