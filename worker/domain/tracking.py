@@ -136,6 +136,15 @@ class Arrival:
     carrier_eta: str | None
     told: int  # days late a delay notice said, 0 for none
 
+    def as_list(self) -> list[Any]:
+        """As JSON keeps it: :meth:`of` reads it back."""
+        return [self.settled, self.promise, self.carrier, self.lanes, self.start, self.carrier_eta, self.told]
+
+    @classmethod
+    def of(cls, fields: list[Any]) -> Arrival:
+        settled, promise, carrier, lanes, start, carrier_eta, told = fields
+        return cls(settled, promise, carrier, tuple(lanes), tuple(start) if start else None, carrier_eta, told)
+
 
 def arrival(state: OrderState, p: Shipment, delivered_at: str | None) -> Arrival:
     return Arrival(
