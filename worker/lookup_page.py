@@ -113,7 +113,7 @@ class Outline:
     page: bytes
 
     def packed(self) -> bytes:
-        """Deflated, some 550 bytes (the page alone is 4 KB): kept for every order."""
+        """Deflated, some 450 bytes (the page alone is 4 KB): kept for every order."""
         return _deflate(self._serialized())
 
     def _serialized(self) -> bytes:
@@ -192,7 +192,7 @@ class LookupPage:
             if messages == drawn.messages and (
                     self.orders.now_for(order_id).timestamp() - drawn.at < PAGE_FRESH_SECONDS):
                 return self._found(client, drawn.body)
-        kept = self.outlines.get(order_id)  # None too when drawn from an earlier state:
+        kept = self.outlines.get(order_id)  # one drawn from an earlier state is not the page
         outline = Outline.unpacked(kept.outline) if kept is not None and kept.saved == saved else None
         state = OrderState.from_dict(packing.unpack(saved)) if saved and not outline else None
         known = outline.credentials if outline else tracking.credentials(state)
@@ -237,7 +237,9 @@ class LookupPage:
                 **tracking.expected(arrival, now, self.orders.rules, self.orders.lanes_of)}}))
         if inbox:
             blocks.append(("messages", {"inbox": inbox}))
-        fills = page_blocks(TRACK, outline.locale, outline.timezone, blocks) + ([] if inbox else [""])
+        fills = page_blocks(TRACK, outline.locale, outline.timezone, blocks)
+        if not inbox:
+            fills.append("")  # what the messages block shows without messages
         parts = outline.page.split(HOLE)
         return b"".join(part + fill.encode() for part, fill in zip(parts, [*fills, ""], strict=True))
 
