@@ -37,7 +37,7 @@ Credentials = tuple[str, str]  # what opens an order: its email, casefolded; its
 
 def credentials(state: OrderState | None) -> Credentials:
     """What opens the order; nothing opens an unknown one."""
-    customer = ((state.order or {}).get("customer") or {}) if state else {}
+    customer = _customer(state)
     return (str(customer.get("email") or "").strip().casefold(),
             "".join(ch for ch in str(customer.get("phone") or "") if ch.isdigit())[-4:])
 
@@ -55,11 +55,15 @@ def matches(known: Credentials, email: str = "", phone4: str = "") -> bool:
 
 def order_locale(state: OrderState | None) -> str:
     """The language the order's customer reads (a BCP 47 tag), or "" when not known."""
-    return str(((state.order or {}).get("customer") or {}).get("locale", "")) if state else ""
+    return str(_customer(state).get("locale", ""))
 
 
 def customer_id(state: OrderState) -> str:
-    return str(((state.order or {}).get("customer") or {}).get("id", ""))
+    return str(_customer(state).get("id", ""))
+
+
+def _customer(state: OrderState | None) -> dict[str, Any]:
+    return ((state.order or {}).get("customer") or {}) if state else {}
 
 
 def view(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_lanes) -> dict[str, Any]:
