@@ -22,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from worker import metrics, packing
 from worker.domain import links, tracking
@@ -36,7 +37,7 @@ V = TypeVar("V")
 LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "English"))
 ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
 TRACK, OUTLINE = "track.html.j2", "track_outline.html.j2"
-HOLE = b"<hole>"  # where the outline leaves a block of TRACK out
+HOLE = "<hole>"  # where the outline leaves a link or a block of TRACK out
 PAGE_STYLES = style_hashes(TRACK, "unsubscribe.html.j2")  # the only styles allowed
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -230,17 +231,18 @@ class LookupPage:
     def _filled(self, outline: Outline, now: datetime, query: str, inbox: list[dict[str, Any]]) -> bytes:
         """The page: its outline, with the language links for this request, each parcel's
         expected delivery as of ``now`` and the order's messages in the holes."""
-        blocks = [("languages", {"languages": LANGUAGES, "switch": _language_links(query)})]
+        fills = [str(escape(link)) for link in _language_links(query).values()]
+        blocks = []
         for delivered_at, exception, arrival in outline.parcels:
             blocks.append(("arrival", {"p": {
                 "delivered_at": delivered_at, "exception": exception,
                 **tracking.expected(arrival, now, self.orders.rules, self.orders.lanes_of)}}))
         if inbox:
             blocks.append(("messages", {"inbox": inbox}))
-        fills = page_blocks(TRACK, outline.locale, outline.timezone, blocks)
+        fills += page_blocks(TRACK, outline.locale, outline.timezone, blocks)
         if not inbox:
             fills.append("")  # what the messages block shows without messages
-        parts = outline.page.split(HOLE)
+        parts = outline.page.split(HOLE.encode())
         return b"".join(part + fill.encode() for part, fill in zip(parts, [*fills, ""], strict=True))
 
     def _found(self, client: str, body: bytes) -> web.Response:
@@ -309,7 +311,8 @@ def _outline(state: OrderState, locale: str) -> Outline:
     facts = tracking.outline(state)
     return Outline(locale, facts["locale"], tracking.credentials(state), tracking.customer_id(state),
                    facts["timezone"], [(p["delivered_at"], p["exception"], p["arrival"]) for p in facts["shipments"]],
-                   page(OUTLINE, locale, facts["timezone"], _page_context(facts)).encode())
+                   page(OUTLINE, locale, facts["timezone"], {
+                       **_page_context(facts), "switch": {code: Markup(HOLE) for code, _ in LANGUAGES}}).encode())
 
 
 def _deflate(text: bytes) -> bytes:
