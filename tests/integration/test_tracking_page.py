@@ -445,8 +445,16 @@ def test_page_servers_answer_lookups_from_the_changelogs_on_every_process(site):
             seen.add(orjson.loads(site.get("/healthz", site.pages_port)[1])["pid"])
         return seen
 
+    def readiness() -> dict[int, dict]:
+        return {ready["pid"]: ready for ready in (
+            orjson.loads(site.get("/readyz", site.pages_port)[1]) for _ in range(40))}
+
     assert wait_for(lambda: _answers(site) and len(pids()) == 2, timeout=60), \
         site.stack.log("pages")[-2000:]
+    # Each process draws the outline of every order's page ahead of its lookups, which
+    # then fill in the links, the expected delivery and the messages (the page below).
+    assert wait_for(lambda: len(ready := readiness()) == 2 and all(
+        r["outlines"] >= 1 and not r["outlines_to_draw"] for r in ready.values()), timeout=30)
     status, html = site.get(f"/track?order={ORDER}&email={EMAIL.upper()}", site.pages_port)
     assert status == 200
     assert sections(html) == {f"{ORDER}-1": "out_for_delivery", f"{ORDER}-2": "in_transit"}
