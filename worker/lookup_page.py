@@ -38,6 +38,7 @@ LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "Engli
 ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
 TRACK, OUTLINE = "track.html.j2", "track_outline.html.j2"
 HOLE = "<hole>"  # where the outline leaves a link or a block of TRACK out
+_HOLE_BYTES = HOLE.encode()
 PAGE_STYLES = style_hashes(TRACK, "unsubscribe.html.j2")  # the only styles allowed
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -115,9 +116,10 @@ class Outline:
 
     def packed(self) -> bytes:
         """Deflated, some 450 bytes (the page alone is 4 KB): kept for every order."""
-        return _deflate(self._serialized())
+        return _deflate(self.serialized())
 
-    def _serialized(self) -> bytes:
+    def serialized(self) -> bytes:
+        """What fills the holes (JSON), a line break, then the page."""
         parcels = [(delivered, exception, arrival.as_list()) for delivered, exception, arrival in self.parcels]
         return orjson.dumps([self.locale, self.order_locale, *self.credentials, self.customer_id,
                              self.timezone, parcels]) + b"\n" + self.page
@@ -242,7 +244,7 @@ class LookupPage:
         fills += page_blocks(TRACK, outline.locale, outline.timezone, blocks)
         if not inbox:
             fills.append("")  # what the messages block shows without messages
-        parts = outline.page.split(HOLE.encode())
+        parts = outline.page.split(_HOLE_BYTES)
         return b"".join(part + fill.encode() for part, fill in zip(parts, [*fills, ""], strict=True))
 
     def _found(self, client: str, body: bytes) -> web.Response:
@@ -330,7 +332,7 @@ def _codec() -> tuple[Any, Any]:
     each language: the style, the header, the words), for about 10 µs of inflating a lookup.
     Primed once, then copied (as in :mod:`worker.packing`)."""
     samples = [OrderState.from_dict(orjson.loads(line)) for line in packing.SAMPLE.splitlines()]
-    dictionary = b"".join(_outline(state, locale)._serialized() for locale in CATALOGS
+    dictionary = b"".join(_outline(state, locale).serialized() for locale in CATALOGS
                           for state in samples if state.order)[-32768:]
     return (zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=dictionary),
             zlib.decompressobj(-zlib.MAX_WBITS, zdict=dictionary))
