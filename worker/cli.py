@@ -135,6 +135,13 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
             self.loop.call_later(settings.stop_seconds, _exit_unstopped,
                                  f"{settings.stop_seconds:g} s without stopping")
 
+        def _shutdown_loop(self) -> None:
+            try:
+                super()._shutdown_loop()
+            finally:
+                if self.crash_reason:  # which Faust re-raises once its loop is closed
+                    _exit_unstopped(f"it crashed ({type(self.crash_reason).__name__}, logged above)")
+
     worker = BoundedStop(app, quiet=True, loglevel=settings.log_level,
                          logging_config=logs.logging_config(settings.log_level, settings.log_format))
     worker.execute_from_commandline()

@@ -38,7 +38,8 @@ def test_a_worker_whose_broker_is_gone_still_stops(tmp_path):
         time.sleep(2)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 1  # 3 s, and then at once
-        assert "3 s without stopping" in stack.log("worker")
+        # Mostly the 3 s run out; now and then a part of Faust crashes on its way out first.
+        assert UNCLEAN in stack.log("worker"), _trouble(stack.log("worker"))
     finally:
         stack.stop()
         broker.stop()
@@ -63,3 +64,8 @@ def test_a_stop_signal_during_a_ctrl_c_stop_lets_it_end_cleanly(stack):
     worker.send_signal(signal.SIGTERM)  # and `notifier dev` stopping its children
     assert worker.wait(60) == 0
     assert UNCLEAN not in stack.log("worker")
+
+
+def _trouble(log: str) -> str:
+    """The log's warnings and errors, which an assertion's message would cut short."""
+    return "\n".join(line for line in log.splitlines() if '"level":"info"' not in line)[-4000:]
