@@ -120,7 +120,7 @@ class Pipeline:
         app.agent(self.address_inputs, name="address_stage")(self._address_stage)
         app.task(lambda: self._follow(t.lane_figures, self.lane_figures))
         app.task(lambda: self._follow(t.engagement_figures, self.engagement_figures))
-        app.timer(settings.tick_seconds, on_leader=True)(self.order_stage.publish_wall_tick)
+        app.timer(settings.tick_seconds / settings.partitions, on_leader=True)(self.order_stage.publish_wall_tick)
         app.page("/metrics")(self._metrics)
         app.page("/healthz")(self._healthz)
         app.page("/readyz")(self._readyz)
