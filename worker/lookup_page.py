@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import hmac
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
+import lz4.block
 import orjson
 from aiohttp import web
 from markupsafe import Markup, escape
@@ -115,8 +115,8 @@ class Outline:
     page: bytes
 
     def packed(self) -> bytes:
-        """Deflated, some 450 bytes (the page alone is 4 KB): kept for every order."""
-        return _deflate(self.serialized())
+        """Compressed, some 550 bytes (the page alone is 4 KB): kept for every order."""
+        return lz4.block.compress(self.serialized(), dict=_dictionary(), store_size=True)
 
     def serialized(self) -> bytes:
         """What fills the holes (JSON), a line break, then the page."""
@@ -126,7 +126,8 @@ class Outline:
 
     @classmethod
     def unpacked(cls, packed: bytes) -> Outline:
-        facts, _, page = _inflate(packed).partition(b"\n")  # JSON escapes a line break
+        unpacked = lz4.block.decompress(packed, dict=_dictionary())
+        facts, _, page = unpacked.partition(b"\n")  # JSON escapes a line break
         locale, order_locale, email, phone4, customer_id, timezone, parcels = orjson.loads(facts)
         return cls(locale, order_locale, (email, phone4), customer_id, timezone, [
             (delivered, exception, tracking.Arrival.of(arrival)) for delivered, exception, arrival in parcels], page)
@@ -317,25 +318,14 @@ def _outline(state: OrderState, locale: str) -> Outline:
                        **_page_context(facts), "switch": {code: Markup(HOLE) for code, _ in LANGUAGES}}).encode())
 
 
-def _deflate(text: bytes) -> bytes:
-    deflater = _codec()[0].copy()
-    return deflater.compress(text) + deflater.flush()
-
-
-def _inflate(deflated: bytes) -> bytes:
-    return _codec()[1].copy().decompress(deflated)
-
-
 @functools.cache
-def _codec() -> tuple[Any, Any]:
-    """Outlines are deflated against the outlines of the typical states packing has (in
-    each language: the style, the header, the words), for about 10 µs of inflating a lookup.
-    Primed once, then copied (as in :mod:`worker.packing`)."""
+def _dictionary() -> bytes:
+    """Outlines are compressed against the outlines of the typical states packing has (in
+    each language: the style, the header, the words), by LZ4: about 1.5 µs of unpacking a
+    lookup, where deflate took 8 (and 450 bytes an outline where LZ4 takes 550)."""
     samples = [OrderState.from_dict(orjson.loads(line)) for line in packing.SAMPLE.splitlines()]
-    dictionary = b"".join(_outline(state, locale).serialized() for locale in CATALOGS
-                          for state in samples if state.order)[-32768:]
-    return (zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=dictionary),
-            zlib.decompressobj(-zlib.MAX_WBITS, zdict=dictionary))
+    return b"".join(_outline(state, locale).serialized() for locale in CATALOGS
+                    for state in samples if state.order)[-65536:]  # LZ4's reach
 
 
 def html_response(status: int, html: str) -> web.Response:
