@@ -43,8 +43,13 @@ def total(histogram: Mapping[str, int]) -> int:
 
 def quantile(histogram: Mapping[str, int], q: float) -> float | None:
     """The duration (seconds) below which a share ``q`` of the samples fall."""
+    return quantiles(histogram, (q,))[0]
+
+
+def quantiles(histogram: Mapping[str, int], qs: tuple[float, ...]) -> list[float | None]:
+    """:func:`quantile` at each of ``qs``, the histogram ranked once."""
     indices, running = _ranked(tuple(histogram), tuple(histogram.values()))
-    return _quantile(indices, running, 0, q)
+    return [_quantile(indices, running, 0, q) for q in qs]
 
 
 def count_above(histogram: Mapping[str, int], seconds: float) -> int:

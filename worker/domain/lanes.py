@@ -310,19 +310,28 @@ def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Predi
     ``quantile`` of the time left from there (the median by default); the carrier's latest
     estimate wins when later (the carrier knows of a missed connection), less a margin for an
     optimistic quantile. None when neither can say."""
-    predicted = None
+    return predict_at(milestone, reached, lanes, rules, carrier_eta, (quantile,), days_off)[0]
+
+
+def predict_at(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,
+               carrier_eta: str | None, quantiles: tuple[float, ...],
+               days_off: tuple[int, ...] = ()) -> list[str | None]:
+    """:func:`predict` at each of ``quantiles``, the lane found and ranked once."""
+    predicted: list[str | None] = [None] * len(quantiles)
     for lane in lanes:
         left = lane.get("remaining", {}).get(milestone, {})
         if histogram.total(left) >= rules.min_samples:
-            seconds = histogram.quantile(left, quantile) or 0.0
-            predicted = add_working(reached, seconds, days_off)
+            predicted = [add_working(reached, seconds or 0.0, days_off)
+                         for seconds in histogram.quantiles(left, quantiles)]
             break
     if carrier_eta:
         told = datetime.fromisoformat(carrier_eta)
-        if quantile < 0.5:  # a carrier's date is its best guess, not a sure one
-            told -= timedelta(hours=rules.carrier_eta_margin_hours)
-        if predicted is None or stamp(told) > predicted:
-            predicted = stamp(told)
+        for i, quantile in enumerate(quantiles):
+            # A carrier's date is its best guess, not a sure one.
+            eta = stamp(told - timedelta(hours=rules.carrier_eta_margin_hours) if quantile < 0.5 else told)
+            known = predicted[i]
+            if known is None or eta > known:
+                predicted[i] = eta
     return predicted
 
 

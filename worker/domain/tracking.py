@@ -15,7 +15,7 @@ from typing import Any
 
 from worker.domain.clock import stamp
 from worker.domain.due import plus, seconds_between
-from worker.domain.lanes import lane_keys, predict, starting_point
+from worker.domain.lanes import lane_keys, predict_at, starting_point
 from worker.domain.milestones import RANK
 from worker.domain.order import LaneLookup, OrderState, no_lanes
 from worker.domain.rules import Rules
@@ -168,21 +168,21 @@ def expected(a: Arrival, now: datetime, rules: Rules, lanes: LaneLookup) -> dict
         return {"window": None, "days_late": 0}
     window = None
     if a.start:
-        figures = lanes(a.lanes)
         days_off = rules.prediction.non_working_days.get(a.carrier, ())
-        ends = [predict(*a.start, figures, rules.prediction, a.carrier_eta, q, days_off) for q in WINDOW]
+        ends = predict_at(*a.start, lanes(a.lanes), rules.prediction, a.carrier_eta, WINDOW, days_off)
         if None not in ends:
             early, late = sorted(e for e in ends if e)
-            window = [max(early, stamp(now)), max(late, stamp(now))]
-    promise = a.promise
+            moment = stamp(now)
+            window = [max(early, moment), max(late, moment)]
+    promise = stamp(a.promise) if a.promise else None
     if window is None and promise:  # nothing learned yet about the lane: the shop's promise
-        window = [stamp(promise), stamp(promise)]
+        window = [promise, promise]
     told = a.told
     if window and promise and not told:
-        lateness = seconds_between(stamp(promise), window[0])
+        lateness = seconds_between(promise, window[0])
         told = int(lateness // 86400) + 1 if lateness > rules.prediction.delay_tolerance_hours * 3600 else 0
     if window and told and promise:
         # The page never promises sooner than the delay notice did.
-        floor = plus(stamp(promise), seconds=told * 86400)
+        floor = plus(promise, seconds=told * 86400)
         window = [max(window[0], floor), max(window[1], floor)]
-    return {"window": window, "days_late": told, "promised": stamp(promise) if promise else None}
+    return {"window": window, "days_late": told, "promised": promise}
