@@ -126,8 +126,8 @@ class Outline:
 
     @classmethod
     def unpacked(cls, packed: bytes) -> Outline:
-        unpacked = lz4.block.decompress(packed, dict=_dictionary())
-        facts, _, page = unpacked.partition(b"\n")  # JSON escapes a line break
+        text = lz4.block.decompress(packed, dict=_dictionary())
+        facts, _, page = text.partition(b"\n")  # JSON escapes a line break
         locale, order_locale, email, phone4, customer_id, timezone, parcels = orjson.loads(facts)
         return cls(locale, order_locale, (email, phone4), customer_id, timezone, [
             (delivered, exception, tracking.Arrival.of(arrival)) for delivered, exception, arrival in parcels], page)
