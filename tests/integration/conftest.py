@@ -86,6 +86,12 @@ class Stack:
     def log(self, command: str) -> str:
         return (self.workdir / f"{command}.log").read_text(errors="replace")
 
+    def noticed(self, command: str) -> str:
+        """The log's warnings and errors: what a failing test shows, where an assertion's
+        message would cut the whole log short."""
+        return "\n".join(line for line in self.log(command).splitlines()
+                         if '"level":"info"' not in line and '"level":"debug"' not in line)
+
     def out_of_turn(self) -> list[str]:
         """The workers' log lines of an order event handled before its order was created:
         records handled out of offset order (a partition's events run strictly in turn)."""

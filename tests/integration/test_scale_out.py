@@ -125,8 +125,7 @@ def test_a_worker_leaving_mid_run_hands_over_its_partitions_and_nothing_is_lost_
                   f"{asyncio.run(_records_naming(settings, [*lost, *lost.values()]))}; "
                   f"the orders partitions' committed and end offsets: "
                   f"{asyncio.run(_progress(settings, orders_topic))}; what the workers noticed:\n"
-                  + "\n".join(line for name in ("worker", "worker-b") for line in stack.log(name).splitlines()
-                               if '"level":"warning"' in line or '"level":"error"' in line)[-6000:])
+                  + "\n".join(stack.noticed(name) for name in ("worker", "worker-b"))[-6000:])
         pytest.fail(report)
     stack.processes["senders"].terminate()  # nothing more may come
     stack.processes["senders"].wait(30)

@@ -39,7 +39,7 @@ def test_a_worker_whose_broker_is_gone_still_stops(tmp_path):
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 1  # 3 s, and then at once
         # Mostly the 3 s run out; now and then a part of Faust crashes on its way out first.
-        assert UNCLEAN in stack.log("worker"), _trouble(stack.log("worker"))
+        assert UNCLEAN in stack.log("worker"), stack.noticed("worker")[-4000:]
     finally:
         stack.stop()
         broker.stop()
@@ -64,8 +64,3 @@ def test_a_stop_signal_during_a_ctrl_c_stop_lets_it_end_cleanly(stack):
     worker.send_signal(signal.SIGTERM)  # and `notifier dev` stopping its children
     assert worker.wait(60) == 0
     assert UNCLEAN not in stack.log("worker")
-
-
-def _trouble(log: str) -> str:
-    """The log's warnings and errors, which an assertion's message would cut short."""
-    return "\n".join(line for line in log.splitlines() if '"level":"info"' not in line)[-4000:]
