@@ -4,7 +4,7 @@ A lane is carrier × origin region × destination region, with two broader fallb
 (carrier × destination country, then the carrier alone) for lanes with few samples.
 Every delivered parcel contributes its journey (:func:`journey`) to all three, in a
 day bucket of log histograms; the figures of a lane (:func:`figures`) merge the buckets
-of the window. The order stage asks :func:`stall_after` and :func:`predict` with the
+of the window. The order stage asks :func:`stall_after` and :func:`predict_at` with the
 figures of the parcel's lanes, most specific first.
 """
 
@@ -303,20 +303,13 @@ def starting_point(parcel: Shipment) -> tuple[str, str] | None:
     return None
 
 
-def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,
-            carrier_eta: str | None = None, quantile: float = 0.5,
-            days_off: tuple[int, ...] = ()) -> str | None:
-    """When the parcel will be delivered: the time it reached ``milestone`` plus the lane's
-    ``quantile`` of the time left from there (the median by default); the carrier's latest
-    estimate wins when later (the carrier knows of a missed connection), less a margin for an
-    optimistic quantile. None when neither can say."""
-    return predict_at(milestone, reached, lanes, rules, carrier_eta, (quantile,), days_off)[0]
-
-
 def predict_at(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,
                carrier_eta: str | None, quantiles: tuple[float, ...],
                days_off: tuple[int, ...] = ()) -> list[str | None]:
-    """:func:`predict` at each of ``quantiles``, the lane found and ranked once."""
+    """When the parcel will be delivered, at each of ``quantiles`` (the lane found and
+    ranked once): the time it reached ``milestone`` plus the lane's quantile of the time left
+    from there; the carrier's latest estimate wins when later (the carrier knows of a missed
+    connection), less a margin for an optimistic quantile. None where neither can say."""
     predicted: list[str | None] = [None] * len(quantiles)
     for lane in lanes:
         left = lane.get("remaining", {}).get(milestone, {})
