@@ -43,7 +43,8 @@ def total(histogram: Mapping[str, int]) -> int:
 
 def quantile(histogram: Mapping[str, int], q: float) -> float | None:
     """The duration (seconds) below which a share ``q`` of the samples fall."""
-    return quantiles(histogram, (q,))[0]
+    indices, running = _ranked(tuple(histogram), tuple(histogram.values()))
+    return _quantile(indices, running, 0, q)
 
 
 def quantiles(histogram: Mapping[str, int], qs: tuple[float, ...]) -> list[float | None]:
