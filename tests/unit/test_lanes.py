@@ -138,22 +138,22 @@ def test_a_silence_over_a_day_off_is_learned_without_it():
 
 def test_prediction_uses_the_lane_median_and_a_later_carrier_estimate():
     lane = figures_with("PICKED_UP", 72 * HOUR, part="remaining")
-    [predicted] = lanes.predict_at("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES, None, (0.5,))
+    [predicted] = lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES, None, (0.5,))
     assert "2026-11-04T21:00" < predicted < "2026-11-05T03:00"  # 72 h, to within a bucket
-    assert lanes.predict_at("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES,
+    assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES,
                             "2026-11-08T00:00:00+00:00", (0.5,)) == ["2026-11-08T00:00:00+00:00"]
-    assert lanes.predict_at("PICKED_UP", "2026-11-02T00:00:00+00:00", [], RULES, None, (0.5,)) == [None]
+    assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [], RULES, None, (0.5,)) == [None]
 
 
 def test_an_optimistic_prediction_comes_with_the_median_and_trusts_the_carrier_less():
     day: dict = {}
     lanes.learn(day, {"remaining": {"PICKED_UP": [24 * HOUR] * 15 + [96 * HOUR] * 25}})
     lane = lanes.figures([day])
-    median, early = lanes.predict_at("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES, None, (0.5, 0.35))
+    median, early = lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES, None, (0.5, 0.35))
     assert "2026-11-05T18:00" < median < "2026-11-06T06:00"  # 96 h: 25 parcels of 40 took that
     assert "2026-11-02T22:00" < early < "2026-11-03T02:00"  # 24 h: the fastest 15
     # The carrier's later date, as it is for the median and less the margin (5 h) for the early end.
-    assert lanes.predict_at("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES,
+    assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES,
                             "2026-11-09T12:00:00+00:00", (0.5, 0.35)) == [
         "2026-11-09T12:00:00+00:00", "2026-11-09T07:00:00+00:00"]
 

@@ -4,7 +4,7 @@ A lane is carrier × origin region × destination region, with two broader fallb
 (carrier × destination country, then the carrier alone) for lanes with few samples.
 Every delivered parcel contributes its journey (:func:`journey`) to all three, in a
 day bucket of log histograms; the figures of a lane (:func:`figures`) merge the buckets
-of the window. The order stage asks :func:`stall_after` and :func:`predict_at` with the
+of the window. The order stage asks :func:`stall_after` and :func:`predict` with the
 figures of the parcel's lanes, most specific first.
 """
 
@@ -303,9 +303,9 @@ def starting_point(parcel: Shipment) -> tuple[str, str] | None:
     return None
 
 
-def predict_at(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,
-               carrier_eta: str | None, quantiles: tuple[float, ...],
-               days_off: tuple[int, ...] = ()) -> list[str | None]:
+def predict(milestone: str, reached: str, lanes: Sequence[Figures], rules: Prediction,
+            carrier_eta: str | None, quantiles: tuple[float, ...],
+            days_off: tuple[int, ...] = ()) -> list[str | None]:
     """When the parcel will be delivered, at each of ``quantiles`` (the lane found and
     ranked once): the time it reached ``milestone`` plus the lane's quantile of the time left
     from there; the carrier's latest estimate wins when later (the carrier knows of a missed

@@ -15,7 +15,7 @@ from typing import Any
 
 from worker.domain.clock import stamp
 from worker.domain.due import plus, seconds_between
-from worker.domain.lanes import lane_keys, predict_at, starting_point
+from worker.domain.lanes import lane_keys, predict, starting_point
 from worker.domain.milestones import RANK
 from worker.domain.order import LaneLookup, OrderState, no_lanes
 from worker.domain.rules import Rules
@@ -169,7 +169,7 @@ def expected(a: Arrival, now: datetime, rules: Rules, lanes: LaneLookup) -> dict
     window = None
     if a.start:
         days_off = rules.prediction.non_working_days.get(a.carrier, ())
-        ends = predict_at(*a.start, lanes(a.lanes), rules.prediction, a.carrier_eta, WINDOW, days_off)
+        ends = predict(*a.start, lanes(a.lanes), rules.prediction, a.carrier_eta, WINDOW, days_off)
         if None not in ends:
             early, late = sorted(e for e in ends if e)
             moment = stamp(now)

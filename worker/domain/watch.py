@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from worker.domain.clock import stamp
 from worker.domain.due import Due, plus, seconds_between
 from worker.domain.lanes import (
-    MOVING, Figures, add_working, in_incident, long_silence, predict_at, stall_after, starting_point,
+    MOVING, Figures, add_working, in_incident, long_silence, predict, stall_after, starting_point,
     usual_gap, working_seconds,
 )
 from worker.domain.rules import Rules
@@ -62,7 +62,7 @@ def watch_calls(state: OrderState, p: Shipment, on: frozenset[str], rules: Rules
     milestone, reached = start
     # The median, and for a delay notice the optimistic end too, from one ranking of the lane.
     quantiles = (0.5, pred.delay_confidence) if promise and "delay_notice" in on else (0.5,)
-    expected, *optimistic = predict_at(milestone, reached, lanes, pred, p.carrier_eta, quantiles, days_off)
+    expected, *optimistic = predict(milestone, reached, lanes, pred, p.carrier_eta, quantiles, days_off)
     if expected is None:
         return
     if optimistic:
