@@ -141,7 +141,7 @@ def test_prediction_uses_the_lane_median_and_a_later_carrier_estimate():
     [predicted] = lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES, None, (0.5,))
     assert "2026-11-04T21:00" < predicted < "2026-11-05T03:00"  # 72 h, to within a bucket
     assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES,
-                            "2026-11-08T00:00:00+00:00", (0.5,)) == ["2026-11-08T00:00:00+00:00"]
+                         "2026-11-08T00:00:00+00:00", (0.5,)) == ["2026-11-08T00:00:00+00:00"]
     assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [], RULES, None, (0.5,)) == [None]
 
 
@@ -154,7 +154,7 @@ def test_an_optimistic_prediction_comes_with_the_median_and_trusts_the_carrier_l
     assert "2026-11-02T22:00" < early < "2026-11-03T02:00"  # 24 h: the fastest 15
     # The carrier's later date, as it is for the median and less the margin (5 h) for the early end.
     assert lanes.predict("PICKED_UP", "2026-11-02T00:00:00+00:00", [lane], RULES,
-                            "2026-11-09T12:00:00+00:00", (0.5, 0.35)) == [
+                         "2026-11-09T12:00:00+00:00", (0.5, 0.35)) == [
         "2026-11-09T12:00:00+00:00", "2026-11-09T07:00:00+00:00"]
 
 
