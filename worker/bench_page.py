@@ -3,10 +3,9 @@
 Starts the embedded broker (or uses ``NOTIFIER_KAFKA_BOOTSTRAP``), writes ``--orders``
 simulated orders with their tracking, then measures two setups in turn, each a worker and
 two page servers (``notifier pages``) following its tables: one answers every lookup with a
-page made for it (the worker draws each whole, the page servers fill in the outlines they
-drew as the orders changed), the other keeps the pages of unchanged orders. Once the worker
-has committed the orders and the page servers have read them and drawn their outlines,
-``--concurrency`` lookups (order number and email, over
+page made for it (filled in from the outline its order's first lookup drew), the other
+keeps the pages of unchanged orders. Once the worker has committed the orders and the page
+servers have read them, ``--concurrency`` lookups (order number and email, over
 keep-alive connections) are kept in flight against the worker and then against the page
 servers, for ``--seconds`` from a cold page cache and ``--seconds`` more with the
 connections open (where pages are kept, the pages drawn: customers refreshing), cycling over
@@ -88,7 +87,6 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
     for (who, cache), got in figures.items():
         served = "one worker" if who == "worker" else f"{PAGE_SERVERS} page servers (notifier pages)"
         what = "pages of unchanged orders from memory (the default)" if cache != "0" else \
-            "every page drawn whole (NOTIFIER_PAGE_CACHE_SIZE=0)" if who == "worker" else \
             "every page filled in from its outline (NOTIFIER_PAGE_CACHE_SIZE=0)"
         line = (f"{served}, {what}, {concurrency} lookups in flight: p50 {got['p50']:.1f} ms, "
                 f"p99 {got['p99']:.1f} ms, {got['rate']:,.0f} lookups/s")
@@ -113,9 +111,8 @@ PAGE_SERVERS = 2  # one a core
 
 
 def _wait_for_page_servers(port: int, processes: int, timeout: float = 120) -> None:
-    """Until every page server process has caught up, listens and has drawn the outlines of
-    the orders' pages, as it keeps them while orders change: each answers /readyz with its
-    pid, and the kernel spreads new connections over those listening."""
+    """Until every page server process has caught up and listens: each answers /readyz
+    with its pid, and the kernel spreads new connections over those listening."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         seen = {}
@@ -123,10 +120,10 @@ def _wait_for_page_servers(port: int, processes: int, timeout: float = 120) -> N
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
                     ready = orjson.loads(answer.read())
-                    seen[ready["pid"]] = ready["outlines_to_draw"]
+                    seen[ready["pid"]] = ready["ready"]
             except OSError:
                 break
-        if len(seen) == processes and not any(seen.values()):
+        if len(seen) == processes and all(seen.values()):
             return
         time.sleep(0.5)
     raise TimeoutError(f"the page servers on port {port} did not all come up")

@@ -4,8 +4,8 @@ a forged link get the same answer; lookups are rate limited per client address.
 
 Served by the worker (:mod:`worker.tracking_site`, which answers from the order's owner)
 and by the page servers (:mod:`worker.page_server`, from their copy of the worker's tables).
-A worker draws each page whole; a page server keeps each order's outline, drawn as the order
-changes, and a lookup fills in what moves with the clock (:class:`Outline`).
+A lookup in the order's own language draws the page's outline and keeps it for the next
+lookups of the same state, which only fill in what moves with the clock (:class:`Outline`).
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ class LookupPage:
         self.guesses = Buckets(settings.lookups_per_minute, settings.lookups_per_minute)
         # Drawn pages, by the order and the request.
         self.pages = Recent[Drawn](settings.page_cache_size)
-        # Outlines of the orders' pages, drawn ahead of their lookups (:meth:`keep_outline`).
-        self.outlines: dict[str, Kept] = {}
+        # Outlines of the orders' pages looked up lately, by the order.
+        self.outlines = Recent[Kept](settings.page_outlines)
         for code, _ in LANGUAGES:  # compiled now, rather than by the first customers' lookups
             for template in (TRACK, OUTLINE):
                 self._html(catalog_locale(code), form={}, template=template)
@@ -203,9 +203,14 @@ class LookupPage:
         if (outline is None and (state is None or state.order is None)) or (
                 link is None and not tracking.matches(known, q.get("email", ""), q.get("phone4", ""))):
             return self._not_found(request)
-        locale = page_locale(q.get("lang") or (outline.order_locale if outline else
-                                               tracking.order_locale(state)), request)
+        own = outline.order_locale if outline else tracking.order_locale(state)
+        locale = page_locale(q.get("lang") or own, request)
         now = self.orders.now_for(order_id)
+        if outline is None and state is not None and self.outlines.size and locale == catalog_locale(own):
+            # Drawn at a lookup rather than as the order changes: only the orders customers
+            # look at cost their outline, however fast the orders change.
+            outline = _outline(state, locale)
+            self.outlines.put(order_id, Kept(saved, outline.packed()))
         if outline is not None and outline.locale == locale:
             customer_id = outline.customer_id
             messages = await self._inbox(customer_id, order_id)
@@ -219,17 +224,6 @@ class LookupPage:
                 view, request.query_string, orjson.loads(messages))).encode()
         self.pages.put(key, Drawn(saved, customer_id, messages, body, now.timestamp()))
         return self._found(client, body)
-
-    def keep_outline(self, order_id: str) -> None:
-        """Draw the outline of the order's page as it stands, in its own language, ahead of
-        its lookups (the page servers do, as each order changes)."""
-        saved = self.orders.saved_order(order_id)
-        state = OrderState.from_dict(packing.unpack(saved)) if saved else None
-        if saved is None or state is None or state.order is None:
-            self.outlines.pop(order_id, None)
-            return
-        outline = _outline(state, catalog_locale(tracking.order_locale(state)))
-        self.outlines[order_id] = Kept(saved, outline.packed())
 
     def _filled(self, outline: Outline, now: datetime, query: str, inbox: list[dict[str, Any]]) -> bytes:
         """The page: its outline, with the language links for this request, each parcel's
@@ -294,6 +288,9 @@ class Recent(Generic[V]):
         self._entries[key] = value
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _language_links(query: str) -> dict[str, str]:

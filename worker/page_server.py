@@ -41,7 +41,7 @@ from worker.lookup_page import LookupPage
 
 log = logging.getLogger("worker.pages")
 FOLLOWED_TABLES = ("orders", "inbox", "clock")  # the worker's tables the page reads
-OUTLINES_A_TURN = 20  # outlines drawn between two turns of the event loop: some 5 ms
+FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS = 64 << 10, 100
 
 
 def changelog(settings: Settings, table: str) -> str:
@@ -58,8 +58,6 @@ class Replica:
         self.inboxes: dict[bytes, bytes] = {}
         self.clock_marks: dict[bytes, bytes] = {}
         self.lane_figures: dict[str, dict[str, Any]] = {}
-        self.changed_orders: set[bytes] = set()  # since their pages' outlines were last drawn
-        self.orders_changed = asyncio.Event()
         self._latest = {changelog(settings, "orders"): self.orders,
                         changelog(settings, "inbox"): self.inboxes,
                         changelog(settings, "clock"): self.clock_marks}
@@ -78,9 +76,6 @@ class Replica:
                 self.lane_figures[key.decode()] = orjson.loads(value)
             return
         latest = self._latest[topic]
-        if latest is self.orders:
-            self.changed_orders.add(key)
-            self.orders_changed.set()
         if value is None:
             latest.pop(key, None)
         else:
@@ -116,7 +111,8 @@ class Replica:
         """Read every followed topic from its start, and on; ``caught_up`` is set once each
         partition is read as far as it went when this began."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_servers,
-                                    enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
+                                    enable_auto_commit=False, max_partition_fetch_bytes=8 << 20,
+                                    fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         await consumer.start()
         try:
             partitions = [TopicPartition(t, p) for t in self.topics for p in range(self.settings.partitions)]
@@ -145,14 +141,13 @@ async def serve(settings: Settings, rules: Rules) -> None:
         following.result()  # it failed before catching up: say why
     lookups = LookupPage(settings, replica)  # its templates compiled, then frozen with the rest
     runtime.settle()
-    outlining = asyncio.ensure_future(keep_outlines(replica, lookups))
 
     async def healthz(_: page_http.Request) -> web.Response:
         return _json({"ok": True, "pid": os.getpid()})
 
     async def readyz(_: page_http.Request) -> web.Response:
         return _json({"ready": True, "pid": os.getpid(), "orders": len(replica.orders),
-                      "outlines": len(lookups.outlines), "outlines_to_draw": len(replica.changed_orders)})
+                      "outlines": len(lookups.outlines)})
 
     server = page_http.Server({"/track": lookups.track, "/healthz": healthz, "/readyz": readyz})
     await server.start("0.0.0.0", settings.pages_web_port)
@@ -168,25 +163,7 @@ async def serve(settings: Settings, rules: Rules) -> None:
             following.result()
     finally:
         following.cancel()
-        outlining.cancel()
         await server.stop()
-
-
-async def keep_outlines(replica: Replica, lookups: LookupPage) -> None:
-    """Draw the outline of each changed order's page ahead of its lookups, which then only
-    fill in what moves with the clock (docs/tracking.md): a few at a time, between lookups.
-    Until its outline is drawn, an order's page is drawn whole."""
-    while True:
-        await replica.orders_changed.wait()
-        replica.orders_changed.clear()
-        while replica.changed_orders:
-            for _ in range(min(OUTLINES_A_TURN, len(replica.changed_orders))):
-                order_id = replica.changed_orders.pop().decode()
-                try:
-                    lookups.keep_outline(order_id)
-                except Exception:  # its page is drawn whole on each lookup: say so, go on
-                    log.exception("an order's page outline could not be drawn")
-            await asyncio.sleep(0)
 
 
 def run(settings: Settings, processes: int) -> int:

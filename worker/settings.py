@@ -84,6 +84,8 @@ class Settings:
     link_ttl_days: int = 60  # a notification's links open the order this long after it
     lookups_per_minute: int = 10  # tracking-page lookups a client address may try
     page_cache_size: int = 2000  # tracking pages kept rendered (about 5 KB each); 0: none
+    # Orders' page outlines kept (about 0.7 KB each), drawn at a lookup; 0: pages drawn whole.
+    page_outlines: int = 20000
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
