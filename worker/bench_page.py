@@ -10,8 +10,9 @@ keep-alive connections) are kept in flight against the worker and then against t
 servers, cycling over the orders: 5 s of earlier lookups (the emails in capitals: the
 outlines drawn, the pages of the runs' own requests not kept), then ``--seconds`` from a
 cold page cache and ``--seconds`` more with the connections open (where pages are kept, the
-pages drawn: customers refreshing). Reports the latency of each lookup (p50, p99) and lookups per second.
-The client runs on the same machine and takes its share of the two cores."""
+pages drawn: customers refreshing). Reports the latency of each lookup (p50, p99) and
+lookups per second. The client runs on the same machine and takes its share of the two
+cores."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def run(settings: Settings, orders: int, concurrency: int, seconds: float) -> in
         lines.append(line)
     runs = [*figures.values(), *warm.values()]
     lines.append(f"{len(paths):,} orders looked up by order number and email, {seconds:g} s each run, "
-                 f"each setup from a cold page cache after 5 s of earlier lookups; lookups not answered 200: "
+                 f"each setup from a cold page cache after {WARM_UP_SECONDS} s of earlier lookups; "
+                 f"lookups not answered 200: "
                  f"{sum(f['failed'] for f in runs)} of {sum(f['count'] for f in runs):,}")
     for line in lines:
         print(line)
