@@ -115,7 +115,7 @@ class Outline:
     page: bytes
 
     def packed(self) -> bytes:
-        """Compressed, some 550 bytes (the page alone is 4 KB): kept for every order."""
+        """Compressed, some 550 bytes (the page alone is 4 KB): kept for the orders looked up lately."""
         return lz4.block.compress(self.serialized(), dict=_dictionary(), store_size=True)
 
     def serialized(self) -> bytes:
