@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from worker.render import CATALOGS, catalog_locale, page, page_blocks, style_has
 from worker.settings import Settings
 
 V = TypeVar("V")
+log = logging.getLogger("worker.pages")
 
 LANGUAGES = (("zh-CN", "简体中文"), ("zh-TW", "繁體中文"), ("en", "English"))
 ROUTED = "x-notifier-routed"  # a worker's signature on a request it forwards
@@ -116,7 +118,7 @@ class Outline:
     page: bytes
 
     def packed(self) -> bytes:
-        """Compressed, some 550 bytes (the page alone is 4 KB): kept for the orders looked up lately."""
+        """Compressed, some 420 bytes (the page alone is 4 KB): kept for the orders looked up lately."""
         return lz4.block.compress(self.serialized(), dict=_dictionary(), store_size=True)
 
     def serialized(self) -> bytes:
@@ -210,8 +212,7 @@ class LookupPage:
         if outline is None and state is not None and self.outlines.size and locale == catalog_locale(own):
             # Drawn at a lookup rather than as the order changes: only the orders customers
             # look at cost their outline, however fast the orders change.
-            outline = _outline(state, locale)
-            self.outlines.put(order_id, Kept(saved, outline.packed()))
+            outline = self._keep_outline(order_id, saved, state, locale)
         if outline is not None and outline.locale == locale:
             customer_id = outline.customer_id
             messages = await self._inbox(customer_id, order_id)
@@ -242,6 +243,15 @@ class LookupPage:
             fills.append("")  # what the messages block shows without messages
         parts = outline.page.split(_HOLE_BYTES)
         return b"".join(part + fill.encode() for part, fill in zip(parts, [*fills, ""], strict=True))
+
+    def _keep_outline(self, order_id: str, saved: bytes, state: OrderState, locale: str) -> Outline | None:
+        try:
+            outline = _outline(state, locale)
+        except Exception:  # the page is drawn whole instead: say so, answer the customer
+            log.exception("an order's page outline could not be drawn", extra={"order_id": order_id})
+            return None
+        self.outlines.put(order_id, Kept(saved, outline.packed()))
+        return outline
 
     def _found(self, client: str, body: bytes) -> web.Response:
         # A lookup that found its order costs the client nothing.

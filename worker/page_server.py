@@ -41,6 +41,8 @@ from worker.lookup_page import LookupPage
 
 log = logging.getLogger("worker.pages")
 FOLLOWED_TABLES = ("orders", "inbox", "clock")  # the worker's tables the page reads
+# The changelogs read in bites: fetched as soon as anything was there, a page server following
+# a busy worker sent a fetch request for every few records, which cost it more than the records.
 FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS = 64 << 10, 100
 
 

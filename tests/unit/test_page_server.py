@@ -11,7 +11,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from multidict import CIMultiDict
 
-from worker import packing, page_http, simulate
+from worker import lookup_page, packing, page_http, simulate
 from worker.lookup_page import LookupPage
 from worker.page_server import Replica, changelog
 from tests.unit.stories import ORDER, at, created, paid, scan, shipped
@@ -145,6 +145,21 @@ async def test_an_outline_is_drawn_at_a_lookup_and_drawn_again_once_the_order_ch
         assert page.outlines.get(order_id.decode()).saved == shop.orders[order_id]
     finally:
         shop.apply(changelog(shop.settings, "orders"), order_id, before)
+
+
+async def test_an_outline_that_cannot_be_drawn_leaves_the_page_drawn_whole(shop: Replica, monkeypatch, caplog):
+    (order_id, email), *_ = _some_orders(shop)
+    whole = await LookupPage(dataclasses.replace(shop.settings, page_outlines=0), shop).track(
+        lookup(order_id.decode(), email))
+
+    def broken(*_: object) -> None:
+        raise ValueError("a state the outline does not expect")
+
+    monkeypatch.setattr(lookup_page, "_outline", broken)
+    page = LookupPage(shop.settings, shop)
+    answer = await page.track(lookup(order_id.decode(), email))
+    assert (answer.status, answer.body) == (200, whole.body) and not page.outlines
+    assert "could not be drawn" in caplog.text
 
 
 def _some_orders(shop: Replica) -> list[tuple[bytes, str]]:
