@@ -18,3 +18,4 @@ def test_the_stream_is_decided_and_rendered_and_rates_printed(capsys, tmp_path):
     assert 0 < rendered <= intents * 2  # some intents are held or suppressed, some go two ways
     for stage in ("(1) order and lane stages", "(2) customer stage and rendering", "both"):
         assert re.search(rf"{re.escape(stage)}: .*[\d,]+ events/s", out), out
+    assert re.search(r"second half alone, with its lanes learned, [\d,]+ events/s", out), out
