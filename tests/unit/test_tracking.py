@@ -62,9 +62,15 @@ def test_the_view_shows_each_parcel_progress_and_timeline_newest_first():
     assert [c["milestone"] for c in first["timeline"]] == ["OUT_FOR_DELIVERY", "IN_TRANSIT", "PICKED_UP",
                                                            "LABEL_CREATED"]
     assert second["delivered_at"] and second["window"] is None
-    # Nothing learned of the lane yet: the shop's promise is the expected date.
-    assert first["window"] == [stamp(at(72))] * 2 and first["days_late"] == 0
+    # Nothing learned of the lane yet, but out for delivery: today, not the promise.
+    assert first["window"] == [stamp(at(34))] * 2 and first["days_late"] == 0
     assert view["shop"] == "星河小铺" and view["timezone"] == "Asia/Shanghai"
+
+
+def test_with_nothing_learned_of_its_lane_a_parcel_is_expected_by_the_shops_promise():
+    moving = state(*SPLIT[:-3])  # P1 in transit, P2 labelled
+    first, second = tracking.view(moving, at(24), RULES)["shipments"]
+    assert first["window"] == second["window"] == [stamp(at(72))] * 2
 
 
 def test_a_parcel_running_late_says_by_how_much():

@@ -175,6 +175,10 @@ def expected(a: Arrival, now: datetime, rules: Rules, lanes: LaneLookup) -> dict
             moment = stamp(now)
             window = [max(early, moment), max(late, moment)]
     promise = stamp(a.promise) if a.promise else None
+    if window is None and a.start and a.start[0] == "OUT_FOR_DELIVERY":
+        # Nothing learned yet about the lane, but the parcel is on its way to the door: today,
+        # as its out-for-delivery message said, not the promise days ahead.
+        window = [stamp(now)] * 2
     if window is None and promise:  # nothing learned yet about the lane: the shop's promise
         window = [promise, promise]
     told = a.told
