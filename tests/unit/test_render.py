@@ -94,6 +94,31 @@ def test_the_tracking_page_escapes_what_carriers_and_customers_sent(locale):
     assert HOSTILE not in form and form.count(ESCAPED) == 3  # typed into the form, echoed back
 
 
+@pytest.mark.parametrize(("last", "says", "expects_delivery"), [
+    (scan(30, "IN_TRANSIT"), None, True),
+    (scan(30, "DELIVERY_FAILED"), "The carrier tried to deliver it on Nov 3, 2026, 8:00\u202fAM but could not.", True),
+    (scan(30, "AVAILABLE_FOR_PICKUP"), "It is waiting for you to pick it up.", False),
+    (scan(30, "RETURNING"), "This parcel is on its way back to the sender.", False),
+    (scan(30, "RETURNED"), "This parcel went back to the sender.", False),
+    (scan(30, "EXCEPTION", reason="lost"), "The carrier reports this parcel lost.", False),
+    (scan(30, "EXCEPTION", reason="damaged"), "The carrier reports this parcel damaged.", True),
+    (scan(30, "EXCEPTION", reason="weather"), None, True),
+])
+def test_a_parcel_off_its_way_to_the_door_says_so_and_promises_no_date_it_will_not_keep(last, says, expects_delivery):
+    told = run(created(promised_delivery_by=at(72).isoformat()), shipped(5), scan(8, "PICKED_UP"), last)
+    html = tracking_page("en", view=tracking.view(told.state, at(34), RULES))
+    status = re.search(r'<p class="status" role="status">([^<]*)</p>', html)
+    assert status.group(1).startswith(says) if says else status is None  # the time as the page's zone has it
+    assert ("Expected delivery: November 5, 2026." in html) is expects_delivery
+
+
+def test_a_parcel_going_back_is_headed_so_though_its_progress_stays():
+    told = run(created(), shipped(5), scan(8, "PICKED_UP"), scan(20, "IN_TRANSIT"), scan(30, "RETURNING"))
+    html = tracking_page("zh_CN", view=tracking.view(told.state, at(34), RULES))
+    assert re.search(r"<h2 [^>]*>退回中</h2>", html) and 'aria-current="step">运输中' in html
+    assert "此包裹正在退回寄件方" in html
+
+
 @pytest.mark.parametrize("locale", ["en", "zh_CN", "zh_TW"])
 def test_the_tracking_page_names_every_milestone_a_scan_can_have(locale):
     view = a_parcel_view()

@@ -30,6 +30,12 @@ STEPS = (
     ("delivered", ("DELIVERED",)),
 )
 WINDOW = (0.25, 0.75)  # the predicted delivery window: the lane's middle half
+# A parcel off the plain way to the door, by its latest scan: what the page says of it.
+STATUSES = {"RETURNING": "returning", "RETURNED": "returned", "AVAILABLE_FOR_PICKUP": "pickup",
+            "DELIVERY_FAILED": "failed"}
+LOST_OR_DAMAGED = frozenset({"lost", "damaged"})  # exceptions the customer is told of at once
+# Nothing to expect at the door: going back, waiting at a pickup point, or lost.
+NO_DELIVERY = frozenset({"returning", "returned", "pickup", "lost"})
 
 
 Credentials = tuple[str, str]  # what opens an order: its email, casefolded; its phone's last four digits
@@ -102,20 +108,32 @@ def _parcel_view(state: OrderState, p: Shipment, number: int) -> dict[str, Any]:
                 for c in reversed(p.checkpoints) if c[1]]
     if p.label_at and not p.times("LABEL_CREATED"):  # the shop's label: the journey's start
         timeline.append({"at": p.label_at, "milestone": "LABEL_CREATED", "detail": None, "place": ""})
+    status = None if delivered_at else _status(p.latest)
     return {
         "number": number,
         "shipment_id": p.shipment_id,
         "carrier": p.carrier,
         "tracking_number": p.tracking_number,
-        "milestone": milestone,
+        # The heading: a parcel going back says so, though its progress stays where it got to.
+        "milestone": {"returning": "RETURNING", "returned": "RETURNED"}.get(status["kind"] if status else "", milestone),
+        "status": status,
         "step": STEPS[step][0],
         "steps": [{"name": name, "done": i <= step, "current": i == step}
                   for i, (name, _) in enumerate(STEPS)],
         "timeline": timeline,
         "delivered_at": delivered_at,
         "exception": p.open_exception,
-        "arrival": arrival(state, p, delivered_at),
+        "arrival": arrival(state, p, delivered_at, no_delivery=bool(status and status["kind"] in NO_DELIVERY)),
     }
+
+
+def _status(latest: list[Any] | None) -> dict[str, str] | None:
+    """Going back to the sender, waiting at a pickup point, a failed attempt, lost or damaged:
+    from the parcel's latest scan, when and where; None on the plain way to the door."""
+    if latest is None:
+        return None
+    kind = STATUSES.get(latest[1]) or (latest[2] if latest[1] == "EXCEPTION" and latest[2] in LOST_OR_DAMAGED else None)
+    return {"kind": kind, "at": latest[0], "place": latest[3] if len(latest) > 3 else ""} if kind else None
 
 
 def _step(reached: int) -> int:
@@ -132,7 +150,7 @@ class Arrival:
     """What a parcel's expected delivery is worked out from, as the order's state has it.
     The window itself moves with the clock and with what the lanes learn: :func:`expected`."""
 
-    settled: bool  # delivered or cancelled: nothing more to expect
+    settled: bool  # delivered, cancelled, going back, at a pickup point or lost: nothing to expect
     promise: str | None  # the shop's promise, else the carrier's first estimate
     carrier: str
     lanes: tuple[str, ...]
@@ -150,9 +168,9 @@ class Arrival:
         return cls(settled, promise, carrier, tuple(lanes), tuple(start) if start else None, carrier_eta, told)
 
 
-def arrival(state: OrderState, p: Shipment, delivered_at: str | None) -> Arrival:
+def arrival(state: OrderState, p: Shipment, delivered_at: str | None, no_delivery: bool = False) -> Arrival:
     return Arrival(
-        settled=bool(delivered_at or state.cancelled_at),
+        settled=bool(delivered_at or state.cancelled_at or no_delivery),
         promise=(state.order or {}).get("promised_delivery_by") or p.first_eta,
         carrier=p.carrier,
         lanes=tuple(lane_keys(p.carrier, p.origin, p.destination)),
