@@ -73,6 +73,12 @@ def test_with_nothing_learned_of_its_lane_a_parcel_is_expected_by_the_shops_prom
     assert first["window"] == second["window"] == [stamp(at(72))] * 2
 
 
+def test_with_nothing_learned_a_promise_gone_by_is_no_expected_date_and_the_page_says_how_late():
+    moving = state(created(promised_delivery_by=at(24).isoformat()), paid(), shipped(5), scan(8, "PICKED_UP"))
+    [parcel] = tracking.view(moving, at(100), RULES)["shipments"]
+    assert parcel["window"][0] >= stamp(at(100)) and parcel["days_late"] == 4  # 76 h past the promise
+
+
 def test_a_parcel_running_late_says_by_how_much():
     late = state(created(promised_delivery_by=at(24).isoformat()), paid(), shipped(5),
                  scan(8, "PICKED_UP"))

@@ -184,21 +184,22 @@ def expected(a: Arrival, now: datetime, rules: Rules, lanes: LaneLookup) -> dict
     """The predicted delivery window, and how late that is against the promise."""
     if a.settled:
         return {"window": None, "days_late": 0}
-    window = None
+    window, moment = None, stamp(now)
     if a.start:
         days_off = rules.prediction.non_working_days.get(a.carrier, ())
         ends = predict(*a.start, lanes(a.lanes), rules.prediction, a.carrier_eta, WINDOW, days_off)
         if None not in ends:
             early, late = sorted(e for e in ends if e)
-            moment = stamp(now)
             window = [max(early, moment), max(late, moment)]
     promise = stamp(a.promise) if a.promise else None
     if window is None and a.start and a.start[0] == "OUT_FOR_DELIVERY":
         # Nothing learned yet about the lane, but the parcel is on its way to the door: today,
         # as its out-for-delivery message said, not the promise days ahead.
-        window = [stamp(now)] * 2
-    if window is None and promise:  # nothing learned yet about the lane: the shop's promise
-        window = [promise, promise]
+        window = [moment] * 2
+    if window is None and promise:
+        # Nothing learned yet about the lane: the shop's promise; once that has passed, never
+        # a date gone by: from now, and how late that is, as a prediction would say.
+        window = [max(promise, moment)] * 2
     told = a.told
     if window and promise and not told:
         lateness = seconds_between(promise, window[0])
