@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.conftest import example
-from tests.unit.stories import RULES, at, created, run, scan, shipped
+from tests.unit.stories import RULES, Tick, at, created, paid, run, scan, shipped
 from worker.domain import tracking
 from worker.domain.milestones import MILESTONES
 from worker.lookup_page import SECURITY_HEADERS
@@ -110,6 +110,17 @@ def test_a_parcel_off_its_way_to_the_door_says_so_and_promises_no_date_it_will_n
     status = re.search(r'<p class="status" role="status">([^<]*)</p>', html)
     assert status.group(1).startswith(says) if says else status is None  # the time as the page's zone has it
     assert ("Expected delivery: November 5, 2026." in html) is expects_delivery
+
+
+def test_an_order_not_shipped_yet_says_it_was_paid_and_when_it_ships_or_that_it_ships_late():
+    waiting = tracking_page("en", view=tracking.view(run(created(), paid()).state, at(1), RULES))
+    assert "Paid on Nov 2, 2026, 2:06\u202fAM. We are getting your order ready." in waiting
+    assert "It will ship by November 4, 2026." in waiting and "longer to ship" not in waiting
+    late = tracking_page("zh_CN", view=tracking.view(run(created(), paid(), Tick(60)).state, at(60), RULES))
+    assert "发货时间比我们承诺的要晚" in late and "前发货" not in late
+    assert "We have your order." in tracking_page("en", view=tracking.view(run(created()).state, at(1), RULES))
+    shipped_ = tracking_page("en", view=tracking.view(run(created(), paid(), shipped(5)).state, at(6), RULES))
+    assert "Paid on" not in shipped_ and "ship by" not in shipped_
 
 
 def test_a_parcel_going_back_is_headed_so_though_its_progress_stays():

@@ -17,6 +17,7 @@ from worker.domain.clock import stamp
 from worker.domain.due import plus, seconds_between
 from worker.domain.lanes import lane_keys, predict, starting_point
 from worker.domain.milestones import RANK
+from worker.domain.notification import notification_id
 from worker.domain.order import LaneLookup, OrderState, no_lanes
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment
@@ -95,10 +96,21 @@ def outline(state: OrderState) -> dict[str, Any]:
         "timezone": customer.get("timezone", "UTC"),
         "placed_at": order.get("placed_at"),
         "cancelled_at": state.cancelled_at,
+        "preparing": _preparing(state),
         "items": [{"name": i.get("name", ""), "quantity": i.get("quantity", 1)}
                   for i in order.get("items", [])],
         "shipments": [_parcel_view(state, p, n) for n, p in enumerate(parcels, start=1)],
     }
+
+
+def _preparing(state: OrderState) -> dict[str, Any] | None:
+    """An order not shipped yet: paid when, to ship by when, and whether the customer was
+    told it ships late. None once a parcel is on its way, or the order is cancelled."""
+    if state.shipments or state.cancelled_at:
+        return None
+    ship_by = (state.order or {}).get("promised_ship_by")
+    return {"paid_at": state.paid_at, "ship_by": stamp(ship_by) if ship_by else None,
+            "late": notification_id(state.order_id, "ship_delayed") in state.decided}
 
 
 def _parcel_view(state: OrderState, p: Shipment, number: int) -> dict[str, Any]:
