@@ -102,6 +102,7 @@ def test_the_tracking_page_escapes_what_carriers_and_customers_sent(locale):
     (scan(30, "RETURNED"), "This parcel went back to the sender.", False),
     (scan(30, "EXCEPTION", reason="lost"), "The carrier reports this parcel lost.", False),
     (scan(30, "EXCEPTION", reason="damaged"), "The carrier reports this parcel damaged.", True),
+    (scan(30, "EXCEPTION", reason="address"), "The carrier needs a better address: please contact us.", True),
     (scan(30, "EXCEPTION", reason="weather"), None, True),
 ])
 def test_a_parcel_off_its_way_to_the_door_says_so_and_promises_no_date_it_will_not_keep(last, says, expects_delivery):

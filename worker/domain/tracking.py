@@ -34,7 +34,7 @@ WINDOW = (0.25, 0.75)  # the predicted delivery window: the lane's middle half
 # A parcel off the plain way to the door, by its latest scan: what the page says of it.
 STATUSES = {"RETURNING": "returning", "RETURNED": "returned", "AVAILABLE_FOR_PICKUP": "pickup",
             "DELIVERY_FAILED": "failed"}
-LOST_OR_DAMAGED = frozenset({"lost", "damaged"})  # exceptions the customer is told of at once
+TOLD_AT_ONCE = frozenset({"lost", "damaged", "address"})  # exceptions the page names, late or not
 # Nothing to expect at the door: going back, waiting at a pickup point, or lost.
 NO_DELIVERY = frozenset({"returning", "returned", "pickup", "lost"})
 
@@ -140,11 +140,12 @@ def _parcel_view(state: OrderState, p: Shipment, number: int) -> dict[str, Any]:
 
 
 def _status(latest: list[Any] | None) -> dict[str, str] | None:
-    """Going back to the sender, waiting at a pickup point, a failed attempt, lost or damaged:
+    """Going back to the sender, waiting at a pickup point, a failed attempt, lost, damaged
+    or a better address needed:
     from the parcel's latest scan, when and where; None on the plain way to the door."""
     if latest is None:
         return None
-    kind = STATUSES.get(latest[1]) or (latest[2] if latest[1] == "EXCEPTION" and latest[2] in LOST_OR_DAMAGED else None)
+    kind = STATUSES.get(latest[1]) or (latest[2] if latest[1] == "EXCEPTION" and latest[2] in TOLD_AT_ONCE else None)
     return {"kind": kind, "at": latest[0], "place": latest[3] if len(latest) > 3 else ""} if kind else None
 
 
