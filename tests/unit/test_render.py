@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import example
 from tests.unit.stories import RULES, Tick, at, created, paid, run, scan, shipped
-from worker.domain import tracking
+from worker.domain import histogram, tracking
+from worker.domain.order import no_lanes
 from worker.domain.milestones import MILESTONES
 from worker.lookup_page import SECURITY_HEADERS
 from worker.render import catalog_locale, page, render
@@ -139,6 +140,26 @@ def test_the_tracking_page_names_every_milestone_a_scan_can_have(locale):
     shown = dict(re.findall(r'<li data-milestone="(\w+)"><time [^>]*>[^<]*</time>([^<]+)</li>',
                             tracking_page(locale, view=view)))
     assert shown.keys() == MILESTONES and not MILESTONES & set(shown.values())
+
+
+def shipped_message(*steps, lanes=no_lanes) -> str:
+    [intent] = [i for i in run(*steps, lanes=lanes).intents if i.kind == "shipped"]
+    return render("shipped", "en", "Asia/Shanghai", {**intent.facts, "order_id": "SO-1",
+                                                      "tracking_url": "https://t.example/x"}).text
+
+
+def test_a_shipped_message_says_when_to_expect_the_parcel_never_a_date_gone_by():
+    handed_over = (paid(), shipped(5), scan(8, "PICKED_UP"), Tick(9))
+    promised = created(promised_delivery_by=at(72).isoformat())
+    assert "Expected delivery by November 5, 2026." in shipped_message(promised, *handed_over)
+    missed = created(promised_delivery_by=at(6).isoformat())
+    assert "Expected delivery" not in shipped_message(missed, *handed_over)
+    # Its lanes have learned: the late end of the window its tracking page shows.
+    two_days: dict[str, int] = {}
+    for _ in range(RULES.prediction.min_samples):
+        histogram.add(two_days, 2 * 86400)
+    learned = shipped_message(promised, *handed_over, lanes=lambda keys: [{"remaining": {"PICKED_UP": two_days}}])
+    assert "Expected delivery by November 4, 2026." in learned  # picked up 18:00 on the 2nd, Shanghai
 
 
 def test_email_is_multipart_alternative_with_text_and_html():

@@ -19,7 +19,7 @@ from typing import Any
 from worker.domain.calls import calls
 from worker.domain.clock import arrival, stamp
 from worker.domain.due import Due, plus
-from worker.domain.lanes import Figures, Lesson, lane_keys, lesson, stalled
+from worker.domain.lanes import Figures, Lesson, lane_keys, lesson, predict, stalled, starting_point
 from worker.domain.plain import plain
 from worker.domain.envelope import Envelope
 from worker.domain.milestones import canonical
@@ -27,6 +27,7 @@ from worker.domain.notification import Alert, Intent, notification_id
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment, known_late, last_delivery, told_eta
 
+EXPECTED_BY = 0.75  # the quantile a "shipped" message gives as the date to expect a parcel by
 SEEN_LIMIT = 16  # recent event digests, only to count redeliveries
 RETURN_STEPS = {"order.return_requested": "requested", "order.return_received": "received",
                 "order.refunded": "refunded"}
@@ -226,7 +227,7 @@ def wake(state: OrderState, now: datetime, rules: Rules, lanes: LaneLookup = no_
         if due.kind == "tracking_stalled" and due.shipment and "threshold_hours" in due.facts:
             lessons.append(stalled(state.order_id, due.shipment, due.at))
         if due.send and state.order is not None:
-            intents.append(_intent(view, due, nid, moment, rules))
+            intents.append(_intent(view, due, nid, moment, rules, lanes))
             alerts.extend(_alerts(view, due, moment, rules))
     state.decided.extend(a.alert_id for a in alerts)
     facts = _fact_times(state)
@@ -300,7 +301,8 @@ def _count(state: OrderState, due: Due) -> None:
         state.delays[sid] = max(state.delays.get(sid, 0), due.facts["days_late"])
 
 
-def _intent(state: OrderState, due: Due, nid: str, now: datetime, rules: Rules) -> Intent:
+def _intent(state: OrderState, due: Due, nid: str, now: datetime, rules: Rules,
+            lanes: LaneLookup = no_lanes) -> Intent:
     order = state.order or {}
     rule = rules.kinds[due.kind]
     fanout = rules.high_value.channels if (
@@ -317,6 +319,9 @@ def _intent(state: OrderState, due: Due, nid: str, now: datetime, rules: Rules) 
         p = due.shipment
         facts["shipment"] = {"carrier": p.carrier, "tracking_number": p.tracking_number,
                              "milestone": p.milestone, "carrier_eta": p.carrier_eta}
+        if due.kind == "shipped" and not p.carrier_eta:
+            # Which carrier, which number, and when it will arrive: the message that matters most.
+            facts["expected_delivery"] = _expected_by(p, order.get("promised_delivery_by"), now, rules, lanes)
     return Intent(
         notification_id=nid,
         kind=due.kind,
@@ -333,6 +338,19 @@ def _intent(state: OrderState, due: Due, nid: str, now: datetime, rules: Rules) 
         fanout=fanout,
         segment=order["customer"].get("segment"),
     )
+
+
+def _expected_by(p: Shipment, promise: str | None, now: datetime, rules: Rules, lanes: LaneLookup) -> str | None:
+    """When a parcel just handed over should have arrived by: the late end of the window the
+    tracking page shows (its lanes' third quartile), else the shop's promise while ahead."""
+    moment, start = stamp(now), starting_point(p)
+    if start is not None:
+        days_off = rules.prediction.non_working_days.get(p.carrier, ())
+        [late] = predict(*start, lanes(lane_keys(p.carrier, p.origin, p.destination)), rules.prediction,
+                         None, (EXPECTED_BY,), days_off)
+        if late is not None:
+            return max(late, moment)
+    return stamp(promise) if promise and stamp(promise) > moment else None
 
 
 def _alerts(state: OrderState, due: Due, now: datetime, rules: Rules) -> list[Alert]:

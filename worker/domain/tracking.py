@@ -18,7 +18,7 @@ from worker.domain.due import plus, seconds_between
 from worker.domain.lanes import lane_keys, predict, starting_point
 from worker.domain.milestones import RANK
 from worker.domain.notification import notification_id
-from worker.domain.order import LaneLookup, OrderState, no_lanes
+from worker.domain.order import EXPECTED_BY, LaneLookup, OrderState, no_lanes
 from worker.domain.rules import Rules
 from worker.domain.shipment import Shipment
 
@@ -30,7 +30,7 @@ STEPS = (
     ("out_for_delivery", ("OUT_FOR_DELIVERY", "AVAILABLE_FOR_PICKUP", "DELIVERY_FAILED")),
     ("delivered", ("DELIVERED",)),
 )
-WINDOW = (0.25, 0.75)  # the predicted delivery window: the lane's middle half
+WINDOW = (0.25, EXPECTED_BY)  # the predicted delivery window: the lane's middle half
 # A parcel off the plain way to the door, by its latest scan: what the page says of it.
 STATUSES = {"RETURNING": "returning", "RETURNED": "returned", "AVAILABLE_FOR_PICKUP": "pickup",
             "DELIVERY_FAILED": "failed"}
