@@ -35,8 +35,9 @@ WINDOW = (0.25, EXPECTED_BY)  # the predicted delivery window: the lane's middle
 STATUSES = {"RETURNING": "returning", "RETURNED": "returned", "AVAILABLE_FOR_PICKUP": "pickup",
             "DELIVERY_FAILED": "failed"}
 TOLD_AT_ONCE = frozenset({"lost", "damaged", "address"})  # exceptions the page names, late or not
+GOING_BACK = frozenset({"returning", "returned"})
 # Nothing to expect at the door: going back, waiting at a pickup point, or lost.
-NO_DELIVERY = frozenset({"returning", "returned", "pickup", "lost"})
+NO_DELIVERY = GOING_BACK | {"pickup", "lost"}
 
 
 Credentials = tuple[str, str]  # what opens an order: its email, casefolded; its phone's last four digits
@@ -127,7 +128,7 @@ def _parcel_view(state: OrderState, p: Shipment, number: int) -> dict[str, Any]:
         "carrier": p.carrier,
         "tracking_number": p.tracking_number,
         # The heading: a parcel going back says so, though its progress stays where it got to.
-        "milestone": {"returning": "RETURNING", "returned": "RETURNED"}.get(status["kind"] if status else "", milestone),
+        "milestone": status["milestone"] if status and status["kind"] in GOING_BACK else milestone,
         "status": status,
         "step": STEPS[step][0],
         "steps": [{"name": name, "done": i <= step, "current": i == step}
@@ -141,12 +142,15 @@ def _parcel_view(state: OrderState, p: Shipment, number: int) -> dict[str, Any]:
 
 def _status(latest: list[Any] | None) -> dict[str, str] | None:
     """Going back to the sender, waiting at a pickup point, a failed attempt, lost, damaged
-    or a better address needed:
-    from the parcel's latest scan, when and where; None on the plain way to the door."""
+    or a better address needed, from the parcel's latest scan, with when and where; None on
+    the plain way to the door."""
     if latest is None:
         return None
-    kind = STATUSES.get(latest[1]) or (latest[2] if latest[1] == "EXCEPTION" and latest[2] in TOLD_AT_ONCE else None)
-    return {"kind": kind, "at": latest[0], "place": latest[3] if len(latest) > 3 else ""} if kind else None
+    milestone, detail = latest[1], latest[2]
+    kind = STATUSES.get(milestone) or (detail if milestone == "EXCEPTION" and detail in TOLD_AT_ONCE else None)
+    if kind is None:
+        return None
+    return {"kind": kind, "milestone": milestone, "at": latest[0], "place": latest[3] if len(latest) > 3 else ""}
 
 
 def _step(reached: int) -> int:
