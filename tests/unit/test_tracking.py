@@ -3,10 +3,15 @@ the guess limiter, and the engagement figures."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import hmac
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from babel.messages.pofile import read_po
 
@@ -88,17 +93,43 @@ def test_a_parcel_running_late_says_by_how_much():
 
 
 def test_a_signed_link_reads_back_and_cannot_be_altered_or_forged():
-    link = links.Link("SO-1", "CU-1", "ntf-1", "shipped", "email", "B", int(at(24).timestamp()))
+    link = links.Link("SO-1", "CU-1", "ntf-3f42f08652494ed54fba-sms", "shipped", "sms", "B", int(at(24).timestamp()))
     token = links.sign(link, SECRET)
     assert links.read(token, SECRET) == link
     assert not link.expired(at(23)) and link.expired(at(24))
-    facts, mac = token.split(".")
-    altered = links.sign(links.Link("SO-2", "CU-1", "ntf-1", "shipped", "email", "B", link.expires), SECRET)
-    for bad in (f"{altered.split('.')[0]}.{mac}", links.sign(link, "another-secret-entirely"), facts,
-                "", ".", "a.b", token + "x", f"{facts}.{mac[:-2]}"):
+    facts, mac = unb64(token)[:-links.MAC_BYTES], unb64(token)[-links.MAC_BYTES:]
+    altered = unb64(links.sign(dataclasses.replace(link, order_id="SO-2"), SECRET))[:-links.MAC_BYTES]
+    for bad in (b64(altered + mac), links.sign(link, "another-secret-entirely"), b64(facts), b64(mac),
+                "", ".", "a.b", token + "x", token[:-2]):
         with pytest.raises(links.Forged):
             links.read(bad, SECRET)
     assert "SO-1" not in token and "@" not in token
+
+
+def test_a_link_is_short_enough_for_an_sms_and_reads_back_whatever_its_ids():
+    sent = links.Link("SO20261124-713000163", "CU-00327", "ntf-3f42f08652494ed54fba-sms", "shipped", "sms", "A",
+                      1800770862)
+    assert len(links.sign(sent, SECRET)) <= 96  # as JSON, its facts made it 153 characters
+    for odd in (links.Link("订单" * 100, "CU-1", "not-one-of-ours", "a_kind_of_its_own", "fax", "", 0),
+                links.Link("SO-1", "", "ntf-3f42f08652494ed54fba", "delivered", "email", "", 2**32 - 1)):
+        assert links.read(links.sign(odd, SECRET), SECRET) == odd
+
+
+def test_a_link_signed_before_tokens_were_packed_still_opens_until_it_expires():
+    link = links.Link("SO-1", "CU-1", "ntf-1", "shipped", "email", "B", int(at(24).timestamp()))
+    facts = b64(orjson.dumps(dataclasses.astuple(link)))
+    mac = b64(hmac.new(SECRET.encode(), facts.encode(), hashlib.sha256).digest()[:links.MAC_BYTES])
+    assert links.read(f"{facts}.{mac}", SECRET) == link
+    with pytest.raises(links.Forged):
+        links.read(f"{facts}.{mac[:-2]}AA", SECRET)
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def test_guesses_are_limited_per_client_and_come_back_with_time():
