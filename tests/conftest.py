@@ -1,3 +1,4 @@
+import base64
 import json
 from pathlib import Path
 
@@ -14,3 +15,12 @@ def example(name: str) -> dict:
 def record(name: str) -> tuple[bytes, bytes, dict[str, bytes]]:
     e = example(name)
     return e["key"].encode(), orjson.dumps(e["value"]), {k: v.encode() for k, v in e["headers"].items()}
+
+
+def b64(raw: bytes) -> str:
+    """As tokens are written: base64url, unpadded."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -3,7 +3,6 @@ the guess limiter, and the engagement figures."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import hmac
@@ -15,6 +14,7 @@ import orjson
 import pytest
 from babel.messages.pofile import read_po
 
+from tests.conftest import b64, unb64
 from tests.unit.stories import RULES, at, created, paid, scan, shipped
 from worker.domain import engagement, links, order, tracking
 from worker.domain.clock import stamp
@@ -122,14 +122,6 @@ def test_a_link_signed_before_tokens_were_packed_still_opens_until_it_expires():
     assert links.read(f"{facts}.{mac}", SECRET) == link
     with pytest.raises(links.Forged):
         links.read(f"{facts}.{mac[:-2]}AA", SECRET)
-
-
-def b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def test_guesses_are_limited_per_client_and_come_back_with_time():
