@@ -24,6 +24,8 @@ import orjson
 MAC_BYTES = 16  # 128 bits: forging one is out of reach, and the link stays short
 PACKED = 1  # the format's version: the first byte of a token's facts
 # The contract's kinds and channels, each packed as its place in these; others by name.
+# The format's own lists, not `rules.CHANNELS` (which also orders the default channels):
+# a place is what tokens already sent say, so these only ever grow at the end.
 KINDS = ("order_confirmed", "ship_delayed", "shipped", "in_transit_update", "customs_hold",
          "out_for_delivery", "available_for_pickup", "delivery_failed", "delivered",
          "delivery_exception", "delay_notice", "tracking_stalled", "arriving_soon",
