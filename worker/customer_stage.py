@@ -51,6 +51,7 @@ class CustomerStage:
         # Each customer's latest in-app messages (from the inbox topic), for the tracking page.
         self.inbox = pipeline.table("inbox")
         self.dispatch = {c: pipeline.topic(t.dispatch(c)) for c in CHANNELS}
+        self.short_links = pipeline.topic(t.short_links)
         prepare()  # the messages compiled before the worker is ready, not by its first ones
 
     def forget(self) -> None:
@@ -215,10 +216,17 @@ class CustomerStage:
     async def _dispatch(self, intent: Intent, route: customer.Route) -> None:
         rule = self.rules.kinds.get(intent.kind)
         variant = rule.variant(intent.customer_id) if rule else None
-        token = self._link_token(intent, route, variant)
+        link = self._link(intent, route, variant)
+        token = links.sign(link, self.settings.link_secret)
         public = self.settings.public_url.rstrip("/")
+        tracking_url = f"{public}/c/{token}"
+        if route.channel == "sms":  # a short link, known to every worker before the SMS goes
+            code = links.short_code(token, self.settings.link_secret)
+            await (await self.short_links.send(key=code.encode(), value=orjson.dumps(
+                {"token": token, "expires": link.expires}), force=True))
+            tracking_url = f"{public}/s/{code}"
         facts = {**intent.facts, "order_id": intent.order_id, "variant": variant,
-                 "tracking_url": f"{public}/c/{token}"}
+                 "tracking_url": tracking_url}
         if route.channel == "email":
             facts["open_pixel"] = f"{public}/o/{token}.gif"
             if intent.priority == "marketing":
@@ -297,11 +305,10 @@ class CustomerStage:
                                  "sup-" + intent.notification_id.removeprefix("ntf-"),
                                  intent.order_id, outcome)
 
-    def _link_token(self, intent: Intent, route: customer.Route, variant: str | None) -> str:
-        """The notification's signed link. It expires ``link_ttl_days`` after the decision,
-        so the same decision always renders the same message."""
+    def _link(self, intent: Intent, route: customer.Route, variant: str | None) -> links.Link:
+        """What the notification's links say. They expire ``link_ttl_days`` after the
+        decision, so the same decision always renders the same message."""
         decided = datetime.fromisoformat(intent.created_at)
         expires = decided + timedelta(days=self.settings.link_ttl_days)
-        return links.sign(links.Link(intent.order_id, intent.customer_id, route.notification_id,
-                                     intent.kind, route.channel, variant or "",
-                                     int(expires.timestamp())), self.settings.link_secret)
+        return links.Link(intent.order_id, intent.customer_id, route.notification_id,
+                          intent.kind, route.channel, variant or "", int(expires.timestamp()))

@@ -43,6 +43,7 @@ class Topics:
     inbox: str = "notifications.inbox"  # the in-app inbox, by customer
     retry: str = "notifications.retry"  # internal: sends waiting for their next attempt
     attempts: str = "notifications.attempts"  # internal, compacted: a send begun, by id
+    short_links: str = "links.short"  # internal: what each SMS link's code stands for
 
     def dispatch(self, channel: str) -> str:
         return f"{self.dispatch_prefix}.{channel}"

@@ -34,7 +34,7 @@ from worker import codec, faust_fixes, metrics, packing, rocks, runtime, schemas
 from worker.address_book import AddressBook
 from worker.codec import BadInput
 from worker.customer_stage import CustomerStage
-from worker.domain import lanes, risk
+from worker.domain import lanes, links, risk
 from worker.domain.rules import Rules, parse
 from worker.lane_book import LaneBook
 from worker.order_stage import OrderStage
@@ -110,6 +110,7 @@ class Pipeline:
         # and every customer partition's engagement figures (``/stats``).
         self.lane_figures: dict[str, dict[str, Any]] = {}
         self.engagement_figures: dict[str, dict[str, int]] = {}
+        self.short_links = links.ShortLinks()  # and every SMS link's code (``/s/CODE``)
 
         # Outcomes and engagement come back to the customer stage: a permanent failure falls
         # back, an unsubscribe or a bounce changes the customer's channels, and both count.
@@ -118,8 +119,10 @@ class Pipeline:
         app.agent(customer_inputs, name="customer_stage")(self.customer_stage.run)
         app.agent(self.lane_inputs, name="lane_stage")(self._lane_stage)
         app.agent(self.address_inputs, name="address_stage")(self._address_stage)
-        app.task(lambda: self._follow(t.lane_figures, self.lane_figures))
-        app.task(lambda: self._follow(t.engagement_figures, self.engagement_figures))
+        app.task(lambda: self._follow(t.lane_figures, self.lane_figures.__setitem__))
+        app.task(lambda: self._follow(t.engagement_figures, self.engagement_figures.__setitem__))
+        app.task(lambda: self._follow(t.short_links, lambda code, link: self.short_links.keep(
+            code, link["token"], link["expires"], int(time.time()))))
         app.timer(settings.tick_seconds / settings.partitions, on_leader=True)(self.order_stage.publish_wall_tick)
         app.page("/metrics")(self._metrics)
         app.page("/healthz")(self._healthz)
@@ -293,9 +296,9 @@ class Pipeline:
         await self.send(self.lane_figures_topic, lane, "lane.figures",
                         f"figures-{observed['parcel']}-{lane}", lane, figures)
 
-    async def _follow(self, topic: str, latest: dict[str, Any]) -> None:
+    async def _follow(self, topic: str, keep: Callable[[str, Any], None]) -> None:
         """Keep the latest value of every key of a compacted topic (every lane's figures,
-        every partition's engagement figures), read from its start."""
+        every partition's engagement figures, every SMS link's code), read from its start."""
         n = self.settings.partitions
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_servers,
                                     enable_auto_commit=False)
@@ -306,7 +309,7 @@ class Pipeline:
             await consumer.seek_to_beginning(*partitions)
             async for record in consumer:
                 if record.key and record.value:
-                    latest[record.key.decode()] = orjson.loads(record.value)
+                    keep(record.key.decode(), orjson.loads(record.value))
         finally:
             await consumer.stop()
 

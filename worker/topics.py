@@ -36,6 +36,9 @@ def specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.inbox: {},
         t.retry: {},
         t.attempts: {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 86400_000)},
+        # A code is kept as long as its token opens the order, and a day more.
+        t.short_links: {"cleanup.policy": "compact,delete",
+                        "retention.ms": str((settings.link_ttl_days + 1) * 86400_000)},
         t.alerts: {},
         t.dlq: {"max.message.bytes": str(MAX_MESSAGE_BYTES), "retention.ms": str(30 * 86400_000)},
     }

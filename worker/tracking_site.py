@@ -4,7 +4,8 @@ links in notifications, the providers' delivery callbacks and the engagement fig
 - ``/track`` (:mod:`worker.lookup_page`): a worker asked about an order it does not own
   forwards the request to the owner (found through Faust's table routing), signed so the
   owner knows it comes from a worker and the client was already rate limited.
-- ``/c/TOKEN`` records ``notification.clicked`` and redirects to the page;
+- ``/c/TOKEN`` records ``notification.clicked`` and redirects to the page; ``/s/CODE``,
+  an SMS's short link, does the same for the token the code stands for;
   ``/o/TOKEN.gif`` records ``notification.opened``; ``/u/TOKEN`` unsubscribes from
   marketing (one click, RFC 8058).
 - ``/callbacks/sms`` (Twilio's StatusCallback), ``/callbacks/wechat``
@@ -59,6 +60,7 @@ class TrackingSite(LookupPage):
         app.web.web_app.router.add_get("/track", self.track)
         for path, get, post in (
             ("/c/{token}", self.click, None),
+            ("/s/{code}", self.short_click, None),
             ("/o/{token}.gif", self.opened, None),
             ("/u/{token}", self.unsubscribe, self.unsubscribe),
             ("/callbacks/sms", None, self.sms_status),
@@ -136,6 +138,13 @@ class TrackingSite(LookupPage):
             await self._record("notification.clicked", link)
         raise web.HTTPSeeOther(f"/track?t={token}" if link else "/track",
                                headers=SECURITY_HEADERS)
+
+    async def short_click(self, request: web.Request, code: str) -> web.Response:
+        token = self.pipeline.short_links.token(code)
+        if token is None:  # made up, or its token expired: the form, as for a forged link
+            metrics.lookups.labels("forged").inc()
+            raise web.HTTPSeeOther("/track", headers=SECURITY_HEADERS)
+        return await self.click(request, token)
 
     async def opened(self, request: web.Request, token: str) -> web.Response:
         if (link := self._link(token)) is not None:

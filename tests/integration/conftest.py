@@ -36,7 +36,8 @@ class Stack:
         self.outbox = workdir / "outbox.jsonl"
         self.topics = {name: f"t{run}.{name}" for name in (
             "orders", "tracking", "preferences", "engagement", "sent", "alerts", "dlq", "intents",
-            "lanes", "lane_figures", "engagement_figures", "addresses", "inbox", "retry", "attempts")}
+            "lanes", "lane_figures", "engagement_figures", "addresses", "inbox", "retry", "attempts",
+            "short_links")}
         self.dispatch_prefix = f"t{run}.dispatch"
         self.web_port = free_port()
         self.env = {

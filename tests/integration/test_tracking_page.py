@@ -33,7 +33,7 @@ from tests.integration.kafka_io import produce, read_all
 from worker import codec, settings as settings_module
 from worker.broker import free_port
 from worker.domain import links
-from worker.domain.sms import twilio_signature
+from worker.domain.sms import segments, twilio_signature
 from worker.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,13 @@ def site(kafka, tmp_path_factory) -> Iterator[Site]:
             len(orjson.loads(s.get("/readyz", p)[1])["partitions"].get(s.settings.topics.orders, []))
             for p in s.ports) == orders, timeout=90)
         topics = {"orders": s.settings.topics.orders, "tracking": s.settings.topics.tracking}
-        records = []
+        # The customer would rather hear by SMS where a kind allows it (the parcels' news).
+        value, headers = codec.encode(
+            event_type="customer.preferences_updated", event_id="pref-C-TRACK-1", source="urn:test",
+            time=NOW, data={"customer_id": "C-TRACK-1", "marketing_opt_in": False,
+                            "channels": {"sms": True, "email": True, "in_app": True},
+                            "channel_order": ["sms", "email", "in_app"]})
+        records = [(s.settings.topics.preferences, b"C-TRACK-1", value, headers)]
         for topic, event_type, data in events():
             value, headers = codec.encode(event_type=event_type, event_id=f"{event_type}-{len(records)}",
                                           source="urn:test", time=NOW, data=data)
@@ -201,6 +207,39 @@ def test_the_notification_link_opens_the_page_and_counts_a_click(site):
 
     assert wait_for(lambda: len(clicks()) == 2, timeout=30), clicks()
     assert {c["kind"] for c in clicks()} == {"order_confirmed"} and EMAIL not in str(clicks())
+
+
+def test_an_sms_carries_the_parcel_news_and_a_short_link_that_opens_the_page(site):
+    public = site.settings.public_url.rstrip("/")
+
+    def out_for_delivery_sms() -> dict | None:
+        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.dispatch("sms")))
+        return next((orjson.loads(r.value) for r in found
+                     if orjson.loads(r.value)["kind"] == "out_for_delivery"), None)
+
+    command = wait_for(out_for_delivery_sms, timeout=60)
+    assert command, "no out-for-delivery SMS was dispatched"
+    url, text = command["tracking_url"], command["content"]["text"]
+    assert re.fullmatch(re.escape(public) + r"/s/[A-Za-z0-9_-]{12}", url)
+    # Carrier, number and link in two segments, where the whole link took three.
+    assert "顺丰速运" in text and "SF1000000001" in text and text.endswith(url)
+    assert segments(text).count == 2
+    for port in site.ports:  # every worker knows every code
+        status, html = site.get(url.removeprefix(public), port)  # 303 to the page, followed
+        assert status == 200 and sections(html)[f"{ORDER}-1"] == "out_for_delivery"
+
+    def clicks() -> list[dict]:
+        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.engagement))
+        return [orjson.loads(r.value) for r in found
+                if dict(r.headers)["ce_type"] == b"notification.clicked"
+                and orjson.loads(r.value)["notification_id"] == command["notification_id"]]
+
+    assert wait_for(lambda: len(clicks()) == 2, timeout=30), clicks()
+    assert {(c["kind"], c["channel"]) for c in clicks()} == {("out_for_delivery", "sms")}
+    # A code nobody was sent opens nothing and counts nothing.
+    made_up = "A" * 12 if not url.endswith("A" * 12) else "B" * 12
+    status, html = site.get(f"/s/{made_up}")
+    assert status == 200 and "SF1000000001" not in html and not sections(html)
 
 
 def test_a_customer_follows_the_split_order_in_a_browser(site):

@@ -124,6 +124,43 @@ def test_a_link_signed_before_tokens_were_packed_still_opens_until_it_expires():
         links.read(f"{facts}.{mac[:-2]}AA", SECRET)
 
 
+def test_an_sms_link_is_a_short_code_for_its_token_that_only_the_secret_makes():
+    token = links.sign(links.Link("SO20261124-713000163", "CU-00327", "ntf-3f42f08652494ed54fba-sms",
+                                  "shipped", "sms", "", 1800770862), SECRET)
+    code = links.short_code(token, SECRET)
+    assert len(code) == 12 and re.fullmatch(r"[A-Za-z0-9_-]+", code)
+    assert links.short_code(token, SECRET) == code  # a replay sends the same message
+    assert code not in {links.short_code(token + "A", SECRET), links.short_code(token, "another-secret")}
+
+
+def test_a_short_code_stands_for_its_token_until_the_token_expires():
+    kept = links.ShortLinks()
+    kept.keep("code-a", "token-a", expires=100, now=10)
+    kept.keep("code-b", "token-b", expires=200, now=50)
+    assert (kept.token("code-a"), kept.token("code-b"), kept.token("code-c")) == ("token-a", "token-b", None)
+    kept.keep("code-c", "token-c", expires=300, now=150)  # code-a's token expired at 100
+    assert (kept.token("code-a"), kept.token("code-b"), len(kept)) == (None, "token-b", 2)
+    kept.keep("code-d", "token-d", expires=90, now=150)  # read late: gone at once
+    assert kept.token("code-d") is None and len(kept) == 2
+
+
+@pytest.mark.parametrize("locale", ["zh_CN", "zh_TW", "en"])
+def test_the_shipped_sms_tells_carrier_and_number_with_its_link_in_two_segments(locale):
+    from worker.domain.sms import segments
+    from worker.render import for_channel, render
+
+    url = "https://track.example-shop.cn/s/" + links.short_code("a-token", SECRET)
+    shop = "London Tea Co" if locale == "en" else "星河小铺"  # a Chinese name makes any text UCS-2
+    facts = {"shop": {"name": shop}, "customer": {"name": "林美"}, "order_id": "SO20261124-713000163",
+             "tracking_url": url, "items": [], "expected_delivery": "2026-11-27T18:00:00+08:00",
+             "shipment": {"carrier": "sf-express", "tracking_number": "SF1400255536810", "carrier_eta": None}}
+    text = for_channel("sms", render("shipped", locale, "Asia/Shanghai", facts, whole=False),
+                       facts["order_id"], url, "")["text"]
+    assert "SF1400255536810" in text and url in text and segments(text).count <= 2
+    assert {"zh_CN": "顺丰速运", "zh_TW": "順豐速運", "en": "SF Express"}[locale] in text
+    assert {"zh_CN": "2026年11月27日", "zh_TW": "2026年11月27日", "en": "November 27, 2026"}[locale] in text
+
+
 def test_guesses_are_limited_per_client_and_come_back_with_time():
     buckets = Buckets(per_minute=10, burst=10)
     assert all(buckets.take("1.2.3.4", 0.0) for _ in range(10))

@@ -7,6 +7,12 @@ Chinese carries 67 characters a segment. Nobody without the secret can make one 
 change what one says (the order it opens, the notification it counts a click for), and
 none is valid after its expiry. The facts are readable by whoever holds the link, so they
 hold ids only: no name, email or phone number.
+
+An SMS carries a short link instead, a code that stands for the token (``/s/CODE``): a
+token's link is some 120 characters, which leaves a Chinese SMS of two segments no room
+for the carrier and the tracking number. The code is a MAC of the token, so the same
+notification always gets the same code and nobody can make one up; what it stands for is
+kept server-side until the token expires.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import hashlib
 import hmac
 import re
 import struct
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
 
 MAC_BYTES = 16  # 128 bits: forging one is out of reach, and the link stays short
+SHORT_BYTES = 9  # 72 bits: 12 characters; guesses are rate limited, and a code opens one order
 PACKED = 1  # the format's version: the first byte of a token's facts
 # The contract's kinds and channels, each packed as its place in these; others by name.
 # The format's own lists, not `rules.CHANNELS` (which also orders the default channels):
@@ -74,6 +82,37 @@ def read(token: str, secret: str) -> Link:
         return _unpack(facts) if facts and hmac.compare_digest(mac, _mac(facts, secret)) else _forged()
     except (ValueError, TypeError, IndexError, struct.error) as error:
         raise Forged("not a valid link") from error
+
+
+def short_code(token: str, secret: str) -> str:
+    """The code an SMS's link carries for ``token``: the same for the same token."""
+    return _b64(hmac.new(("short:" + secret).encode(), token.encode(), hashlib.sha256).digest()[:SHORT_BYTES])
+
+
+class ShortLinks:
+    """The token each live code stands for, as a worker reads them from their topic;
+    forgotten once the token has expired (the topic keeps them no longer either)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, str] = {}
+        # (expiry, code) as they came: in expiry order but for the spread of the
+        # partitions' reads, so one expired later only holds the others a little longer.
+        self._expiring: deque[tuple[int, str]] = deque()
+
+    def keep(self, code: str, token: str, expires: int, now: int) -> None:
+        if expires <= now:
+            return
+        if code not in self._tokens:
+            self._expiring.append((expires, code))
+        self._tokens[code] = token
+        while self._expiring and self._expiring[0][0] <= now:
+            self._tokens.pop(self._expiring.popleft()[1], None)
+
+    def token(self, code: str) -> str | None:
+        return self._tokens.get(code)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
 
 
 def request_mac(text: str, secret: str) -> str:
