@@ -29,7 +29,7 @@ from datetime import datetime
 import orjson
 
 MAC_BYTES = 16  # 128 bits: forging one is out of reach, and the link stays short
-SHORT_BYTES = 9  # 72 bits: 12 characters; guesses are rate limited, and a code opens one order
+SHORT_BYTES = 9  # 72 bits in 12 characters: a million codes live, one guess in 4.7e15 finds one
 PACKED = 1  # the format's version: the first byte of a token's facts
 # The contract's kinds and channels, each packed as its place in these; others by name.
 # The format's own lists, not `rules.CHANNELS` (which also orders the default channels):
