@@ -179,14 +179,27 @@ def test_the_order_is_found_by_email_or_phone_digits_on_either_worker(site):
     assert status == 200 and "Out for delivery" in html and "Parcel 2 of 2" in html
 
 
+def dispatched(site: Site, channel: str, kind: str) -> dict:
+    """The first dispatch command of ``kind`` on ``channel``, once there is one."""
+    def first() -> dict | None:
+        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.dispatch(channel)))
+        return next((orjson.loads(r.value) for r in found if orjson.loads(r.value)["kind"] == kind), None)
+
+    command = wait_for(first, timeout=60)
+    assert command, f"no {kind} was dispatched by {channel}"
+    return command
+
+
+def clicks_on(site: Site, notification_id: str) -> list[dict]:
+    found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.engagement))
+    return [orjson.loads(r.value) for r in found
+            if dict(r.headers)["ce_type"] == b"notification.clicked"
+            and orjson.loads(r.value)["notification_id"] == notification_id]
+
+
 def confirmation_link(site: Site) -> tuple[str, dict]:
     """The path of the signed link in the order's confirmation email, and the command."""
-    def confirmation() -> dict | None:
-        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.dispatch("email")))
-        return next((orjson.loads(r.value) for r in found if orjson.loads(r.value)["kind"] == "order_confirmed"), None)
-
-    command = wait_for(confirmation, timeout=60)
-    assert command, "no order confirmation was dispatched"
+    command = dispatched(site, "email", "order_confirmed")
     return command["tracking_url"].removeprefix(site.settings.public_url.rstrip("/")), command
 
 
@@ -199,26 +212,15 @@ def test_the_notification_link_opens_the_page_and_counts_a_click(site):
         status, html = site.get(path, port)  # /c/… answers 303 to the page, which urllib follows
         assert status == 200 and sections(html)[f"{ORDER}-1"] == "out_for_delivery"
 
-    def clicks() -> list[dict]:
-        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.engagement))
-        return [orjson.loads(r.value) for r in found
-                if dict(r.headers)["ce_type"] == b"notification.clicked"
-                and orjson.loads(r.value)["notification_id"] == command["notification_id"]]
-
-    assert wait_for(lambda: len(clicks()) == 2, timeout=30), clicks()
-    assert {c["kind"] for c in clicks()} == {"order_confirmed"} and EMAIL not in str(clicks())
+    assert wait_for(lambda: len(clicks_on(site, command["notification_id"])) == 2, timeout=30)
+    clicks = clicks_on(site, command["notification_id"])
+    assert {c["kind"] for c in clicks} == {"order_confirmed"} and EMAIL not in str(clicks)
 
 
 def test_an_sms_carries_the_parcel_news_and_a_short_link_that_opens_the_page(site):
     public = site.settings.public_url.rstrip("/")
 
-    def out_for_delivery_sms() -> dict | None:
-        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.dispatch("sms")))
-        return next((orjson.loads(r.value) for r in found
-                     if orjson.loads(r.value)["kind"] == "out_for_delivery"), None)
-
-    command = wait_for(out_for_delivery_sms, timeout=60)
-    assert command, "no out-for-delivery SMS was dispatched"
+    command = dispatched(site, "sms", "out_for_delivery")
     url, text = command["tracking_url"], command["content"]["text"]
     assert re.fullmatch(re.escape(public) + r"/s/[A-Za-z0-9_-]{12}", url)
     # Carrier, number and link in two segments, where the whole link took three.
@@ -228,14 +230,9 @@ def test_an_sms_carries_the_parcel_news_and_a_short_link_that_opens_the_page(sit
         status, html = site.get(url.removeprefix(public), port)  # 303 to the page, followed
         assert status == 200 and sections(html)[f"{ORDER}-1"] == "out_for_delivery"
 
-    def clicks() -> list[dict]:
-        found = asyncio.run(read_all(site.settings.kafka_bootstrap, site.settings.topics.engagement))
-        return [orjson.loads(r.value) for r in found
-                if dict(r.headers)["ce_type"] == b"notification.clicked"
-                and orjson.loads(r.value)["notification_id"] == command["notification_id"]]
-
-    assert wait_for(lambda: len(clicks()) == 2, timeout=30), clicks()
-    assert {(c["kind"], c["channel"]) for c in clicks()} == {("out_for_delivery", "sms")}
+    assert wait_for(lambda: len(clicks_on(site, command["notification_id"])) == 2, timeout=30)
+    clicks = clicks_on(site, command["notification_id"])
+    assert {(c["kind"], c["channel"]) for c in clicks} == {("out_for_delivery", "sms")}
     # A code nobody was sent opens nothing and counts nothing.
     made_up = "A" * 12 if not url.endswith("A" * 12) else "B" * 12
     status, html = site.get(f"/s/{made_up}")
