@@ -319,9 +319,10 @@ def _intent(state: OrderState, due: Due, nid: str, now: datetime, rules: Rules,
         p = due.shipment
         facts["shipment"] = {"carrier": p.carrier, "tracking_number": p.tracking_number,
                              "milestone": p.milestone, "carrier_eta": p.carrier_eta}
-        if due.kind == "shipped" and not p.carrier_eta:
+        if due.kind == "shipped":
             # Which carrier, which number, and when it will arrive: the message that matters most.
-            facts["expected_delivery"] = _expected_by(p, order.get("promised_delivery_by"), now, rules, lanes)
+            facts["expected_delivery"] = p.carrier_eta or _expected_by(
+                p, order.get("promised_delivery_by"), now, rules, lanes)
     return Intent(
         notification_id=nid,
         kind=due.kind,
